@@ -1,0 +1,148 @@
+//! The tower layer that makes every gRPC method require a valid access token,
+//! except the few that are public by design.
+
+use std::{
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+};
+
+use http::{Request, Response, header::AUTHORIZATION};
+use tower::{Layer, Service};
+
+use crate::{Caller, TokenError, TokenVerifier};
+
+/// gRPC paths that need no token: exact `/package.Service/Method` paths, or whole
+/// services when given as `/package.Service/`. Everything else is protected, so a
+/// new method is safe until someone decides otherwise.
+#[derive(Debug, Clone, Default)]
+pub struct PublicMethods(Vec<&'static str>);
+
+impl PublicMethods {
+    /// Health checks and reflection, public on every server.
+    pub fn infrastructure() -> Self {
+        Self(vec![
+            "/grpc.health.v1.Health/",
+            "/grpc.reflection.v1.ServerReflection/",
+            "/grpc.reflection.v1alpha.ServerReflection/",
+        ])
+    }
+
+    pub fn with(mut self, path: &'static str) -> Self {
+        self.0.push(path);
+        self
+    }
+
+    fn contains(&self, path: &str) -> bool {
+        self.0.iter().any(|public| {
+            if public.ends_with('/') {
+                path.starts_with(public)
+            } else {
+                path == *public
+            }
+        })
+    }
+}
+
+/// Rejects calls to protected methods that lack a valid `authorization: Bearer`
+/// token with `UNAUTHENTICATED`, and gives the handlers the [`Caller`].
+#[derive(Clone)]
+pub struct RequireTokenLayer {
+    verifier: Arc<TokenVerifier>,
+    public: Arc<PublicMethods>,
+}
+
+impl RequireTokenLayer {
+    pub fn new(verifier: Arc<TokenVerifier>, public: PublicMethods) -> Self {
+        Self {
+            verifier,
+            public: Arc::new(public),
+        }
+    }
+}
+
+impl<S> Layer<S> for RequireTokenLayer {
+    type Service = RequireTokenService<S>;
+
+    fn layer(&self, inner: S) -> Self::Service {
+        RequireTokenService {
+            inner,
+            verifier: self.verifier.clone(),
+            public: self.public.clone(),
+        }
+    }
+}
+
+/// The service [`RequireTokenLayer`] makes.
+#[derive(Clone)]
+pub struct RequireTokenService<S> {
+    inner: S,
+    verifier: Arc<TokenVerifier>,
+    public: Arc<PublicMethods>,
+}
+
+impl<S, ReqBody, ResBody> Service<Request<ReqBody>> for RequireTokenService<S>
+where
+    S: Service<Request<ReqBody>, Response = Response<ResBody>> + Clone + Send + 'static,
+    S::Future: Send,
+    ReqBody: Send + 'static,
+    ResBody: Default,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Self::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<ReqBody>) -> Self::Future {
+        // The clone is not necessarily ready; keep the one that is (tower's usual dance).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        if self.public.contains(request.uri().path()) {
+            return Box::pin(inner.call(request));
+        }
+        let verifier = self.verifier.clone();
+        Box::pin(async move {
+            let verified = match bearer_token(&request) {
+                Ok(token) => verifier.verify(token).await,
+                Err(error) => Err(error),
+            };
+            match verified {
+                Ok(caller) => {
+                    request.extensions_mut().insert(caller);
+                    inner.call(request).await
+                }
+                Err(error) => Ok(tonic::Status::from(error).into_http()),
+            }
+        })
+    }
+}
+
+fn bearer_token<B>(request: &Request<B>) -> Result<&str, TokenError> {
+    let value = request
+        .headers()
+        .get(AUTHORIZATION)
+        .ok_or(TokenError::Missing)?;
+    let value = value.to_str().map_err(|_| TokenError::Malformed)?;
+    let (scheme, token) = value.split_once(' ').ok_or(TokenError::Malformed)?;
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(TokenError::Malformed);
+    }
+    match token.trim() {
+        "" => Err(TokenError::Missing),
+        token => Ok(token),
+    }
+}
+
+/// The verified caller of a protected method. Fails closed with `UNAUTHENTICATED`
+/// if the server was built without [`RequireTokenLayer`].
+pub fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
+    request
+        .extensions()
+        .get::<Caller>()
+        .copied()
+        .ok_or_else(|| TokenError::Missing.into())
+}

@@ -1,0 +1,19 @@
+//! Agora's access tokens, shared by every service and the gateway.
+//!
+//! auth-service alone signs tokens (EdDSA over Ed25519). Everyone else verifies them
+//! with [`TokenVerifier`], which caches the public keys it gets from a [`KeySource`]
+//! and keeps using them while the source is unreachable, and enforces them on gRPC
+//! calls with [`RequireTokenLayer`]. Handlers read the caller from the request with
+//! [`caller`].
+
+mod claims;
+mod keys;
+mod layer;
+mod verifier;
+
+pub use claims::{AUDIENCE, Caller, Claims, ISSUER};
+pub use keys::{
+    AuthServiceKeys, KeySource, KeySourceError, StaticKeys, jwk_from_proto, jwk_to_proto,
+};
+pub use layer::{PublicMethods, RequireTokenLayer, RequireTokenService, caller};
+pub use verifier::{TokenError, TokenVerifier};

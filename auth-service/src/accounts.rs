@@ -1,0 +1,86 @@
+//! What auth-service does: register, log in, look users up.
+
+use std::sync::Arc;
+
+use service_kit::ApiError;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::{
+    password::Passwords,
+    tokens::{IssuedToken, TokenIssuer},
+    users::{self, Email, MIN_PASSWORD_CHARS, User},
+};
+
+/// The one answer to every failed login, so it does not reveal which emails exist.
+const BAD_CREDENTIALS: &str = "incorrect email or password";
+
+/// Everything the RPCs share.
+#[derive(Clone)]
+pub struct Accounts {
+    pub pool: PgPool,
+    pub passwords: Passwords,
+    pub issuer: Arc<TokenIssuer>,
+}
+
+impl Accounts {
+    pub async fn register(&self, email: &str, password: String) -> Result<User, ApiError> {
+        // Validate every field before the costly hash.
+        let email = Email::parse("email", email);
+        let password_check = users::check_password("password", &password, MIN_PASSWORD_CHARS);
+        let email = match (email, password_check) {
+            (Ok(email), Ok(())) => email,
+            (email, password) => return Err(merge_violations([email.err(), password.err()])),
+        };
+        let password_hash = self.passwords.hash(password).await?;
+        let mut conn = self.pool.acquire().await?;
+        let user = users::insert(&mut conn, Uuid::now_v7(), &email, &password_hash).await?;
+        tracing::Span::current().record("user_id", tracing::field::display(user.id));
+        Ok(user)
+    }
+
+    pub async fn login(&self, email: &str, password: String) -> Result<IssuedToken, ApiError> {
+        // Only sizes are checked: a malformed address is simply not registered.
+        let email = email.trim();
+        let email_check = users::check_email_size("email", email);
+        let password_check = users::check_password("password", &password, 1);
+        if email_check.is_err() || password_check.is_err() {
+            return Err(merge_violations([email_check.err(), password_check.err()]));
+        }
+        let credentials = {
+            let mut conn = self.pool.acquire().await?;
+            users::find_credentials(&mut conn, email).await?
+        };
+        let (user_id, hash) = credentials.unzip();
+        if !self.passwords.verify(password, hash).await? {
+            return Err(ApiError::Unauthenticated(BAD_CREDENTIALS));
+        }
+        let user_id = user_id.expect("a matching password implies a stored user");
+        tracing::Span::current().record("user_id", tracing::field::display(user_id));
+        self.issuer.issue(user_id)
+    }
+
+    pub async fn user(&self, id: Uuid) -> Result<User, ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        users::find(&mut conn, id)
+            .await?
+            .ok_or(ApiError::NotFound("user not found"))
+    }
+
+    pub async fn users(&self, ids: &[Uuid]) -> Result<Vec<User>, ApiError> {
+        let mut conn = self.pool.acquire().await?;
+        users::find_many(&mut conn, ids).await
+    }
+}
+
+/// All field violations of several checks as one INVALID_ARGUMENT.
+fn merge_violations<const N: usize>(errors: [Option<ApiError>; N]) -> ApiError {
+    let mut violations = Vec::new();
+    for error in errors.into_iter().flatten() {
+        match error {
+            ApiError::InvalidArgument(more) => violations.extend(more),
+            other => return other,
+        }
+    }
+    ApiError::InvalidArgument(violations)
+}

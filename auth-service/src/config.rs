@@ -1,0 +1,53 @@
+//! auth-service's settings, as flags or environment variables.
+
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
+
+use service_kit::{DatabaseArgs, LogFormat, ServerLimits};
+
+/// Agora's auth-service: users, password login and access tokens.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(version, about)]
+pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "AUTH_LISTEN_ADDR", default_value = "127.0.0.1:50052")]
+    pub listen: SocketAddr,
+    /// Ed25519 private key (PKCS#8 PEM, e.g. from `openssl genpkey -algorithm
+    /// ed25519`) that signs access tokens. Without it, a key kept in the database is
+    /// used, and made on first start.
+    #[arg(long, env = "SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+    /// How long an access token is valid, in seconds (1 minute to 1 hour).
+    #[arg(long, env = "TOKEN_TTL_SECS", default_value_t = 1800,
+          value_parser = clap::value_parser!(u64).range(60..=3600))]
+    pub token_ttl_secs: u64,
+    /// Password hashes computed at once; 0 means one per CPU core. Logins beyond
+    /// this wait, so hashing never starves other calls.
+    #[arg(long, env = "PASSWORD_HASHING_CONCURRENCY", default_value_t = 0)]
+    pub password_hashing_concurrency: usize,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub limits: ServerLimits,
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// Settings for tests and embedding: the given database, a free port, no key file.
+    pub fn for_database(database_url: impl Into<String>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            signing_key_file: None,
+            token_ttl_secs: 1800,
+            password_hashing_concurrency: 0,
+            database: DatabaseArgs::new(database_url),
+            limits: ServerLimits::default(),
+            log_format: LogFormat::Text,
+        }
+    }
+
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl_secs)
+    }
+}

@@ -1,0 +1,119 @@
+//! The gRPC adapters: unpack a request, call [`Accounts`], pack the answer.
+
+use std::{sync::Arc, time::UNIX_EPOCH};
+
+use access_token::{TokenVerifier, caller, jwk_to_proto};
+use agora_proto::auth::v1::{
+    self as proto, auth_service_server::AuthService, user_service_server::UserService,
+};
+use service_kit::fields::{parse_id, parse_ids};
+use time::OffsetDateTime;
+use tonic::{Request, Response, Status};
+
+use crate::{accounts::Accounts, keys::SigningKeys, users::MAX_BATCH};
+
+pub struct UserApi {
+    pub accounts: Accounts,
+}
+
+#[tonic::async_trait]
+impl UserService for UserApi {
+    #[tracing::instrument(name = "UserService.CreateUser", skip_all, fields(user_id))]
+    async fn create_user(
+        &self,
+        request: Request<proto::CreateUserRequest>,
+    ) -> Result<Response<proto::CreateUserResponse>, Status> {
+        let proto::CreateUserRequest { email, password } = request.into_inner();
+        let user = self.accounts.register(&email, password).await?;
+        Ok(Response::new(proto::CreateUserResponse {
+            user: Some(user.into()),
+        }))
+    }
+
+    #[tracing::instrument(name = "UserService.GetUser", skip_all, fields(caller_id, user_id))]
+    async fn get_user(
+        &self,
+        request: Request<proto::GetUserRequest>,
+    ) -> Result<Response<proto::GetUserResponse>, Status> {
+        let caller = caller(&request)?;
+        tracing::Span::current().record("caller_id", tracing::field::display(caller.user_id));
+        let id = parse_id("id", &request.get_ref().id)?;
+        tracing::Span::current().record("user_id", tracing::field::display(id));
+        let user = self.accounts.user(id).await?;
+        Ok(Response::new(proto::GetUserResponse {
+            user: Some(user.into()),
+        }))
+    }
+
+    #[tracing::instrument(name = "UserService.BatchGetUsers", skip_all)]
+    async fn batch_get_users(
+        &self,
+        request: Request<proto::BatchGetUsersRequest>,
+    ) -> Result<Response<proto::BatchGetUsersResponse>, Status> {
+        caller(&request)?;
+        let ids = parse_ids("ids", &request.get_ref().ids, MAX_BATCH)?;
+        let users = self.accounts.users(&ids).await?;
+        Ok(Response::new(proto::BatchGetUsersResponse {
+            users: users.into_iter().map(Into::into).collect(),
+        }))
+    }
+}
+
+pub struct AuthApi {
+    pub accounts: Accounts,
+    pub keys: Arc<SigningKeys>,
+    pub verifier: Arc<TokenVerifier>,
+}
+
+#[tonic::async_trait]
+impl AuthService for AuthApi {
+    #[tracing::instrument(name = "AuthService.Login", skip_all, fields(user_id))]
+    async fn login(
+        &self,
+        request: Request<proto::LoginRequest>,
+    ) -> Result<Response<proto::LoginResponse>, Status> {
+        let proto::LoginRequest { email, password } = request.into_inner();
+        let issued = self.accounts.login(&email, password).await?;
+        Ok(Response::new(proto::LoginResponse {
+            access_token: issued.token,
+            token_type: "bearer".to_owned(),
+            expires_in: issued.expires_in.as_secs() as i64,
+            expire_time: Some(issued.expires_at.into()),
+        }))
+    }
+
+    #[tracing::instrument(name = "AuthService.VerifyToken", skip_all, fields(user_id))]
+    async fn verify_token(
+        &self,
+        request: Request<proto::VerifyTokenRequest>,
+    ) -> Result<Response<proto::VerifyTokenResponse>, Status> {
+        let caller = self
+            .verifier
+            .verify(request.get_ref().access_token.trim())
+            .await?;
+        tracing::Span::current().record("user_id", tracing::field::display(caller.user_id));
+        let expire_time = OffsetDateTime::from_unix_timestamp(caller.expires_at as i64)
+            .map(service_kit::fields::timestamp)
+            .unwrap_or_else(|_| (UNIX_EPOCH).into());
+        Ok(Response::new(proto::VerifyTokenResponse {
+            user_id: caller.user_id.to_string(),
+            token_id: caller.token_id.to_string(),
+            expire_time: Some(expire_time),
+        }))
+    }
+
+    #[tracing::instrument(name = "AuthService.GetJwks", skip_all)]
+    async fn get_jwks(
+        &self,
+        _: Request<proto::GetJwksRequest>,
+    ) -> Result<Response<proto::GetJwksResponse>, Status> {
+        let keys = self
+            .keys
+            .published()
+            .keys
+            .iter()
+            .filter_map(jwk_to_proto)
+            .collect();
+        Ok(Response::new(proto::GetJwksResponse { keys }))
+    }
+}

@@ -1,0 +1,1 @@
+//! posts-service: filled in by the posts and votes work.

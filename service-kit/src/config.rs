@@ -1,0 +1,115 @@
+//! Settings every server takes, as flags or environment variables.
+
+use std::time::Duration;
+
+use secrecy::{ExposeSecret, SecretString};
+
+/// Protections a gRPC server applies to every call.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ServerLimits {
+    /// A call still running after this many seconds is cancelled.
+    #[arg(long, env = "REQUEST_TIMEOUT_SECS", default_value_t = 30)]
+    pub request_timeout_secs: u64,
+    /// Largest request message accepted, in bytes; larger ones get OUT_OF_RANGE.
+    #[arg(long, env = "MAX_MESSAGE_BYTES", default_value_t = 1024 * 1024)]
+    pub max_message_bytes: usize,
+    /// Calls handled at once across all connections; more wait their turn.
+    #[arg(long, env = "CONCURRENCY_LIMIT", default_value_t = 1024)]
+    pub concurrency_limit: usize,
+    /// Concurrent HTTP/2 streams one connection may open.
+    #[arg(long, env = "MAX_CONCURRENT_STREAMS", default_value_t = 256)]
+    pub max_concurrent_streams: u32,
+}
+
+impl ServerLimits {
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            request_timeout_secs: 30,
+            max_message_bytes: 1024 * 1024,
+            concurrency_limit: 1024,
+            max_concurrent_streams: 256,
+        }
+    }
+}
+
+/// Where the database is and how many connections to keep.
+#[derive(Debug, Clone, clap::Args)]
+pub struct DatabaseArgs {
+    /// PostgreSQL URL; the database is created if it does not exist.
+    #[arg(
+        long,
+        env = "DATABASE_URL",
+        default_value = "postgres://postgres@localhost:5432/agora",
+        hide_env_values = true
+    )]
+    pub database_url: SecretString,
+    /// Largest number of pooled connections.
+    #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
+    pub database_max_connections: u32,
+    /// Seconds a call waits for a free connection before failing with UNAVAILABLE.
+    #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_SECS", default_value_t = 5)]
+    pub database_acquire_timeout_secs: u64,
+}
+
+impl DatabaseArgs {
+    pub fn new(database_url: impl Into<String>) -> Self {
+        Self {
+            database_url: SecretString::from(database_url.into()),
+            database_max_connections: 10,
+            database_acquire_timeout_secs: 5,
+        }
+    }
+
+    /// The URL without its password, for messages.
+    pub fn redacted_url(&self) -> String {
+        let url = self.database_url.expose_secret();
+        match url::Url::parse(url) {
+            Ok(mut parsed) if parsed.password().is_some() => {
+                let _ = parsed.set_password(Some("***"));
+                parsed.to_string()
+            }
+            Ok(_) => url.to_owned(),
+            Err(_) => "(an unparsable database URL)".to_owned(),
+        }
+    }
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// Human-readable lines, for a terminal.
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors.
+    Json,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_url_hides_only_the_password() {
+        let cases = [
+            (
+                "postgres://agora:s3cret@db:5432/agora",
+                "postgres://agora:***@db:5432/agora",
+            ),
+            (
+                "postgres://postgres@localhost/agora",
+                "postgres://postgres@localhost/agora",
+            ),
+            ("postgres://localhost/agora", "postgres://localhost/agora"),
+            ("not a url", "(an unparsable database URL)"),
+        ];
+        for (url, expected) in cases {
+            assert_eq!(DatabaseArgs::new(url).redacted_url(), expected, "for {url}");
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The outcomes every Agora RPC can end in, and how each reaches the client.
+//!
+//! Services return [`ApiError`]; the conversion to [`tonic::Status`] logs internal
+//! causes with their full chain and sends the client only a short message.
+
+use tonic::{Code, Status};
+use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// Bad fields, each named with what is wrong; sent as `google.rpc.BadRequest`.
+    #[error("invalid argument: {}", describe(.0))]
+    InvalidArgument(Vec<FieldViolation>),
+    #[error("{0}")]
+    NotFound(&'static str),
+    #[error("{0}")]
+    AlreadyExists(&'static str),
+    #[error("{0}")]
+    PermissionDenied(&'static str),
+    #[error("{0}")]
+    Unauthenticated(&'static str),
+    /// A dependency (the database, another service) did not answer in time.
+    #[error("{what} unavailable")]
+    Unavailable {
+        what: &'static str,
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+    #[error("internal error")]
+    Internal(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+impl ApiError {
+    /// One bad field.
+    pub fn invalid(field: &str, description: impl Into<String>) -> Self {
+        Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn internal(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Internal(error.into())
+    }
+}
+
+fn describe(violations: &[FieldViolation]) -> String {
+    violations
+        .iter()
+        .map(|violation| format!("{}: {}", violation.field, violation.description))
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+impl From<sqlx::Error> for ApiError {
+    fn from(error: sqlx::Error) -> Self {
+        match error {
+            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
+                Self::Unavailable {
+                    what: "database",
+                    source: error.into(),
+                }
+            }
+            error => Self::Internal(error.into()),
+        }
+    }
+}
+
+impl From<ApiError> for Status {
+    fn from(error: ApiError) -> Self {
+        match error {
+            ApiError::InvalidArgument(violations) => {
+                let message = describe(&violations);
+                Status::with_error_details(
+                    Code::InvalidArgument,
+                    message,
+                    ErrorDetails::with_bad_request(violations),
+                )
+            }
+            ApiError::NotFound(message) => Status::not_found(message),
+            ApiError::AlreadyExists(message) => Status::already_exists(message),
+            ApiError::PermissionDenied(message) => Status::permission_denied(message),
+            ApiError::Unauthenticated(message) => Status::unauthenticated(message),
+            ApiError::Unavailable { what, source } => {
+                tracing::warn!(error = %error_chain(&*source), what, "dependency unavailable");
+                Status::unavailable(format!("{what} unavailable, try again"))
+            }
+            ApiError::Internal(source) => {
+                tracing::error!(error = %error_chain(&*source), "internal error");
+                Status::internal("internal error")
+            }
+        }
+    }
+}
+
+/// `error: cause: cause`, the whole chain on one line.
+fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// For repository code: turns the violation of a named constraint into an outcome,
+/// so races are settled by the database instead of a check-first query.
+pub trait ConstraintExt<T> {
+    fn on_constraint(self, name: &str, outcome: impl FnOnce() -> ApiError) -> Result<T, ApiError>;
+}
+
+impl<T> ConstraintExt<T> for Result<T, sqlx::Error> {
+    fn on_constraint(self, name: &str, outcome: impl FnOnce() -> ApiError) -> Result<T, ApiError> {
+        self.map_err(
+            |error| match error.as_database_error().and_then(|e| e.constraint()) {
+                Some(constraint) if constraint == name => outcome(),
+                _ => error.into(),
+            },
+        )
+    }
+}

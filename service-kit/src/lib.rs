@@ -1,0 +1,15 @@
+//! What every Agora gRPC server shares, so that each service crate holds only its
+//! own rules: command-line configuration, explicit server limits, reflection and
+//! health, one tracing span per RPC, database start-up with migrations, and
+//! graceful shutdown.
+
+pub mod config;
+pub mod database;
+pub mod error;
+pub mod fields;
+pub mod server;
+pub mod telemetry;
+
+pub use config::{DatabaseArgs, LogFormat, ServerLimits};
+pub use error::{ApiError, ConstraintExt};
+pub use server::{GrpcServer, ServedApi, shutdown_signal};

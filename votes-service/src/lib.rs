@@ -1,0 +1,1 @@
+//! votes-service: filled in by the posts and votes work.
