@@ -34,14 +34,14 @@ pub struct Config {
 }
 
 impl Config {
-    /// Settings for tests and embedding: the given database, a free port, no key file.
-    pub fn for_database(database_url: impl Into<String>) -> Self {
+    /// The defaults, but on a free loopback port: for tests and embedding.
+    pub fn ephemeral() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             signing_key_file: None,
             token_ttl_secs: 1800,
             password_hashing_concurrency: 0,
-            database: DatabaseArgs::new(database_url),
+            database: DatabaseArgs::default(),
             limits: ServerLimits::default(),
             log_format: LogFormat::Text,
         }

@@ -38,6 +38,9 @@ impl Default for ServerLimits {
     }
 }
 
+/// A local PostgreSQL with trust authentication, as on a developer machine.
+pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/agora";
+
 /// Where the database is and how many connections to keep.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
@@ -45,7 +48,7 @@ pub struct DatabaseArgs {
     #[arg(
         long,
         env = "DATABASE_URL",
-        default_value = "postgres://postgres@localhost:5432/agora",
+        default_value = DEFAULT_DATABASE_URL,
         hide_env_values = true
     )]
     pub database_url: SecretString,
@@ -61,8 +64,7 @@ impl DatabaseArgs {
     pub fn new(database_url: impl Into<String>) -> Self {
         Self {
             database_url: SecretString::from(database_url.into()),
-            database_max_connections: 10,
-            database_acquire_timeout_secs: 5,
+            ..Self::default()
         }
     }
 
@@ -76,6 +78,16 @@ impl DatabaseArgs {
             }
             Ok(_) => url.to_owned(),
             Err(_) => "(an unparsable database URL)".to_owned(),
+        }
+    }
+}
+
+impl Default for DatabaseArgs {
+    fn default() -> Self {
+        Self {
+            database_url: SecretString::from(DEFAULT_DATABASE_URL),
+            database_max_connections: 10,
+            database_acquire_timeout_secs: 5,
         }
     }
 }

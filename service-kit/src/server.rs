@@ -74,11 +74,15 @@ impl GrpcServer {
             api,
         } = self;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
-        let health_probe = tokio::spawn(follow_database(
-            api.pool.clone(),
-            health_reporter,
-            api.service_names.clone(),
-        ));
+        // The first probe comes before serving, so health never says "unknown service".
+        let mut health = DatabaseHealth {
+            pool: api.pool.clone(),
+            reporter: health_reporter,
+            service_names: api.service_names.clone(),
+            last: None,
+        };
+        health.probe().await;
+        let health_probe = tokio::spawn(health.follow());
 
         let reflection_v1 = reflection_builder(&api.service_names)
             .build_v1()
@@ -135,7 +139,9 @@ fn reflection_builder(
         .register_encoded_file_descriptor_set(agora_proto::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
         .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name("grpc.health.v1.Health");
+        .with_service_name("grpc.health.v1.Health")
+        .with_service_name("grpc.reflection.v1.ServerReflection")
+        .with_service_name("grpc.reflection.v1alpha.ServerReflection");
     for name in service_names {
         builder = builder.with_service_name(*name);
     }
@@ -143,26 +149,37 @@ fn reflection_builder(
 }
 
 /// Keeps health in step with the database: SERVING while a trivial query answers.
-async fn follow_database(pool: PgPool, reporter: HealthReporter, service_names: Vec<&'static str>) {
-    let mut last = None;
-    loop {
-        let probe =
-            tokio::time::timeout(HEALTH_PROBE_TIMEOUT, sqlx::query("select 1").execute(&pool))
-                .await;
-        let status = match probe {
+struct DatabaseHealth {
+    pool: PgPool,
+    reporter: HealthReporter,
+    service_names: Vec<&'static str>,
+    last: Option<ServingStatus>,
+}
+
+impl DatabaseHealth {
+    async fn follow(mut self) {
+        loop {
+            tokio::time::sleep(HEALTH_PROBE_INTERVAL).await;
+            self.probe().await;
+        }
+    }
+
+    async fn probe(&mut self) {
+        let query = sqlx::query("select 1").execute(&self.pool);
+        let status = match tokio::time::timeout(HEALTH_PROBE_TIMEOUT, query).await {
             Ok(Ok(_)) => ServingStatus::Serving,
             _ => ServingStatus::NotServing,
         };
-        if last != Some(status) {
-            if status == ServingStatus::NotServing {
-                tracing::warn!("database unreachable; health is NOT_SERVING");
-            }
-            for name in std::iter::once("").chain(service_names.iter().copied()) {
-                reporter.set_service_status(name, status).await;
-            }
-            last = Some(status);
+        if self.last == Some(status) {
+            return;
         }
-        tokio::time::sleep(HEALTH_PROBE_INTERVAL).await;
+        if status == ServingStatus::NotServing {
+            tracing::warn!("database unreachable; health is NOT_SERVING");
+        }
+        for name in std::iter::once("").chain(self.service_names.iter().copied()) {
+            self.reporter.set_service_status(name, status).await;
+        }
+        self.last = Some(status);
     }
 }
 

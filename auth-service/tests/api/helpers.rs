@@ -1,0 +1,131 @@
+//! Starts auth-service on a free port and talks to it like any client.
+
+use std::net::SocketAddr;
+
+use agora_proto::auth::v1::{
+    self as proto, auth_service_client::AuthServiceClient, user_service_client::UserServiceClient,
+};
+use auth_service::Config;
+use sqlx::PgPool;
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Code, Request, Status, transport::Channel};
+use tonic_types::StatusExt;
+
+pub const PASSWORD: &str = "correct horse battery";
+
+pub struct TestApp {
+    pub address: SocketAddr,
+    pub users: UserServiceClient<Channel>,
+    pub auth: AuthServiceClient<Channel>,
+    pub pool: PgPool,
+    shutdown: oneshot::Sender<()>,
+    server: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+pub async fn spawn_app(pool: PgPool) -> TestApp {
+    spawn_app_with(pool, Config::ephemeral()).await
+}
+
+pub async fn spawn_app_with(pool: PgPool, config: Config) -> TestApp {
+    service_kit::telemetry::init_for_tests();
+    let server = auth_service::build_with_pool(&config, pool.clone())
+        .await
+        .expect("auth-service builds");
+    let address = server.local_addr();
+    let (shutdown, stopped) = oneshot::channel();
+    let server = tokio::spawn(server.run_until(async {
+        let _ = stopped.await;
+    }));
+    let channel = Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect_lazy();
+    TestApp {
+        address,
+        users: UserServiceClient::new(channel.clone()),
+        auth: AuthServiceClient::new(channel),
+        pool,
+        shutdown,
+        server,
+    }
+}
+
+impl TestApp {
+    /// Stops the server gracefully and waits until it has.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        self.server
+            .await
+            .expect("server task")
+            .expect("server stops cleanly");
+    }
+
+    pub async fn create_user(&self, email: &str, password: &str) -> Result<proto::User, Status> {
+        let request = proto::CreateUserRequest {
+            email: email.to_owned(),
+            password: password.to_owned(),
+        };
+        let response = self.users.clone().create_user(request).await?;
+        Ok(response.into_inner().user.expect("a created user"))
+    }
+
+    pub async fn login(&self, email: &str, password: &str) -> Result<proto::LoginResponse, Status> {
+        let request = proto::LoginRequest {
+            email: email.to_owned(),
+            password: password.to_owned(),
+        };
+        Ok(self.auth.clone().login(request).await?.into_inner())
+    }
+
+    /// A new user and an access token for them.
+    pub async fn signed_in_user(&self, email: &str) -> (proto::User, String) {
+        let user = self
+            .create_user(email, PASSWORD)
+            .await
+            .expect("registration succeeds");
+        let token = self
+            .login(email, PASSWORD)
+            .await
+            .expect("login succeeds")
+            .access_token;
+        (user, token)
+    }
+
+    pub async fn get_user(&self, id: &str, token: Option<&str>) -> Result<proto::User, Status> {
+        let request = authorized(proto::GetUserRequest { id: id.to_owned() }, token);
+        Ok(self
+            .users
+            .clone()
+            .get_user(request)
+            .await?
+            .into_inner()
+            .user
+            .expect("a user"))
+    }
+}
+
+/// `message` with `authorization: Bearer <token>` metadata, when a token is given.
+pub fn authorized<T>(message: T, token: Option<&str>) -> Request<T> {
+    let mut request = Request::new(message);
+    if let Some(token) = token {
+        let value = format!("Bearer {token}")
+            .parse()
+            .expect("a token is valid metadata");
+        request.metadata_mut().insert("authorization", value);
+    }
+    request
+}
+
+/// Asserts INVALID_ARGUMENT with `google.rpc.BadRequest` details naming exactly
+/// `fields`.
+pub fn assert_bad_request(status: &Status, fields: &[&str], case: &str) {
+    assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+    let details = status
+        .get_details_bad_request()
+        .unwrap_or_else(|| panic!("{case}: no BadRequest details"));
+    let named: Vec<&str> = details
+        .field_violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    assert_eq!(named, fields, "{case}: fields named in BadRequest");
+}

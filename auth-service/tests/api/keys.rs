@@ -1,0 +1,156 @@
+//! Where the signing key comes from, and verifiers that fetch the public keys.
+
+use std::sync::Arc;
+
+use access_token::{AuthServiceKeys, TokenError, TokenVerifier};
+use agora_proto::auth::v1 as proto;
+use auth_service::Config;
+use ed25519_dalek::pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding};
+use sqlx::PgPool;
+use tonic::transport::Channel;
+
+use crate::helpers::{spawn_app, spawn_app_with};
+
+async fn published_kids(app: &crate::helpers::TestApp) -> Vec<String> {
+    let jwks = app
+        .auth
+        .clone()
+        .get_jwks(proto::GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    for key in &jwks.keys {
+        assert_eq!(
+            (
+                key.kty.as_str(),
+                key.crv.as_str(),
+                key.alg.as_str(),
+                key.r#use.as_str()
+            ),
+            ("OKP", "Ed25519", "EdDSA", "sig")
+        );
+    }
+    jwks.keys.into_iter().map(|key| key.kid).collect()
+}
+
+fn kid_of(token: &str) -> String {
+    jsonwebtoken::decode_header(token)
+        .unwrap()
+        .kid
+        .expect("tokens name their key")
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn a_restart_keeps_issued_tokens_valid(pool: PgPool) {
+    let first = spawn_app(pool.clone()).await;
+    let (alice, token) = first.signed_in_user("alice@example.com").await;
+    let kids_before = published_kids(&first).await;
+    first.stop().await;
+
+    let second = spawn_app(pool).await;
+
+    assert_eq!(
+        published_kids(&second).await,
+        kids_before,
+        "the same key after a restart"
+    );
+    assert_eq!(kids_before, vec![kid_of(&token)]);
+    second
+        .get_user(&alice.id, Some(&token))
+        .await
+        .expect("a token from before the restart");
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn a_configured_key_file_signs_the_tokens(pool: PgPool) {
+    let key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+    let path = std::env::temp_dir().join(format!("agora-test-key-{}.pem", uuid::Uuid::now_v7()));
+    std::fs::write(&path, key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
+    let config = Config {
+        signing_key_file: Some(path.clone()),
+        ..Config::ephemeral()
+    };
+
+    let app = spawn_app_with(pool, config).await;
+    let (alice, token) = app.signed_in_user("alice@example.com").await;
+
+    assert_eq!(published_kids(&app).await, vec![kid_of(&token)]);
+    app.get_user(&alice.id, Some(&token)).await.unwrap();
+    let stored: i64 = sqlx::query_scalar("select count(*) from auth.signing_keys")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(
+        stored, 0,
+        "no key is made in the database when a file is given"
+    );
+    std::fs::remove_file(path).unwrap();
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn an_unusable_key_file_stops_start_up_with_a_clear_error(pool: PgPool) {
+    let path = std::env::temp_dir().join(format!("agora-test-key-{}.pem", uuid::Uuid::now_v7()));
+    std::fs::write(&path, "not a key").unwrap();
+    let missing = std::env::temp_dir().join("agora-no-such-key.pem");
+
+    for (file, expected) in [
+        (&path, "not an Ed25519 private key"),
+        (&missing, "cannot read the signing key file"),
+    ] {
+        let config = Config {
+            signing_key_file: Some(file.clone()),
+            ..Config::ephemeral()
+        };
+        let error = auth_service::build_with_pool(&config, pool.clone())
+            .await
+            .err()
+            .expect("start-up fails");
+        assert!(error.to_string().contains(expected), "{error}");
+    }
+    std::fs::remove_file(path).unwrap();
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn a_remote_verifier_keeps_working_while_auth_service_is_down(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (alice, token) = app.signed_in_user("alice@example.com").await;
+    let channel = Channel::from_shared(format!("http://{}", app.address))
+        .unwrap()
+        .connect_lazy();
+    let verifier = Arc::new(TokenVerifier::new(AuthServiceKeys::new(channel)));
+
+    let caller = verifier
+        .verify(&token)
+        .await
+        .expect("keys fetched from auth-service");
+    assert_eq!(caller.user_id.to_string(), alice.id);
+    app.stop().await;
+
+    let caller = verifier
+        .verify(&token)
+        .await
+        .expect("cached keys still verify");
+    assert_eq!(caller.user_id.to_string(), alice.id);
+    let foreign = {
+        let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
+        header.kid = Some("unknown".to_owned());
+        let key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+        let der = ed25519_dalek::pkcs8::KeypairBytes {
+            secret_key: key.to_bytes(),
+            public_key: None,
+        }
+        .to_pkcs8_der()
+        .unwrap();
+        jsonwebtoken::encode(
+            &header,
+            &serde_json::json!({"sub": "x"}),
+            &jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes()),
+        )
+        .unwrap()
+    };
+    assert_eq!(
+        verifier.verify(&foreign).await.unwrap_err(),
+        TokenError::UnknownKey,
+        "an unknown key while the source is down"
+    );
+}

@@ -1,0 +1,131 @@
+use access_token::{AUDIENCE, ISSUER};
+use agora_proto::auth::v1 as proto;
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use sqlx::PgPool;
+use tonic::Code;
+
+use crate::helpers::{PASSWORD, assert_bad_request, spawn_app};
+
+fn json_part(token: &str, index: usize) -> serde_json::Value {
+    let part = token.split('.').nth(index).expect("a JWT has three parts");
+    serde_json::from_slice(&URL_SAFE_NO_PAD.decode(part).expect("base64url")).expect("JSON")
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn login_issues_an_eddsa_bearer_token_for_the_user(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let user = app
+        .create_user("alice@example.com", PASSWORD)
+        .await
+        .unwrap();
+
+    let login = app
+        .login("ALICE@example.com ", PASSWORD)
+        .await
+        .expect("email case and spaces do not matter");
+
+    assert_eq!(login.token_type, "bearer");
+    assert_eq!(login.expires_in, 1800, "the default lifetime is 30 minutes");
+    let header = json_part(&login.access_token, 0);
+    assert_eq!(header["alg"], "EdDSA");
+    assert!(header["kid"].is_string(), "{header}");
+    let claims = json_part(&login.access_token, 1);
+    assert_eq!(claims["sub"], user.id.as_str());
+    assert_eq!(claims["iss"], ISSUER);
+    assert_eq!(claims["aud"], AUDIENCE);
+    assert!(
+        claims["jti"].is_string() && claims["iat"].is_u64(),
+        "{claims}"
+    );
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        1800
+    );
+    assert_eq!(
+        login.expire_time.unwrap().seconds as u64,
+        claims["exp"].as_u64().unwrap()
+    );
+
+    let verified = app
+        .auth
+        .clone()
+        .verify_token(proto::VerifyTokenRequest {
+            access_token: login.access_token.clone(),
+        })
+        .await
+        .expect("auth-service vouches for its own token")
+        .into_inner();
+    assert_eq!(verified.user_id, user.id);
+    assert_eq!(verified.token_id, claims["jti"].as_str().unwrap());
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn every_login_gets_its_own_token_id(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.create_user("alice@example.com", PASSWORD)
+        .await
+        .unwrap();
+
+    let first = app
+        .login("alice@example.com", PASSWORD)
+        .await
+        .unwrap()
+        .access_token;
+    let second = app
+        .login("alice@example.com", PASSWORD)
+        .await
+        .unwrap()
+        .access_token;
+
+    assert_ne!(json_part(&first, 1)["jti"], json_part(&second, 1)["jti"]);
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn unknown_email_and_wrong_password_get_the_same_answer(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.create_user("alice@example.com", PASSWORD)
+        .await
+        .unwrap();
+
+    let wrong_password = app
+        .login("alice@example.com", "not the password")
+        .await
+        .unwrap_err();
+    let unknown_email = app.login("nobody@example.com", PASSWORD).await.unwrap_err();
+    let malformed_email = app.login("nobody", PASSWORD).await.unwrap_err();
+
+    for status in [&wrong_password, &unknown_email, &malformed_email] {
+        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        assert_eq!(
+            status.message(),
+            wrong_password.message(),
+            "one message for every failure"
+        );
+    }
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn login_rejects_missing_and_oversized_fields(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        ("empty email", "", PASSWORD, &["email"]),
+        ("empty password", "alice@example.com", "", &["password"]),
+        ("both empty", "", "", &["email", "password"]),
+        (
+            "1 MB password",
+            "alice@example.com",
+            &"x".repeat(1_000_000),
+            &["password"],
+        ),
+        (
+            "email over 254 characters",
+            &format!("{}@example.com", "a".repeat(250)),
+            PASSWORD,
+            &["email"],
+        ),
+    ];
+    for (case, email, password, fields) in cases {
+        let status = app.login(email, password).await.unwrap_err();
+        assert_bad_request(&status, fields, case);
+    }
+}

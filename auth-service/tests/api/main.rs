@@ -1,0 +1,8 @@
+//! auth-service through its real gRPC API, each test on a fresh migrated database.
+
+mod helpers;
+mod keys;
+mod login;
+mod server;
+mod tokens;
+mod users;

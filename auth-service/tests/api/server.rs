@@ -1,0 +1,181 @@
+//! What every Agora server offers: health, reflection, limits.
+
+use agora_proto::auth::v1 as proto;
+use sqlx::PgPool;
+use tokio_stream::StreamExt;
+use tonic::{Code, transport::Channel};
+use tonic_health::pb::{
+    HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
+};
+use tonic_reflection::pb::{v1, v1alpha};
+
+use auth_service::Config;
+use futures::stream::FuturesUnordered;
+
+use crate::helpers::{PASSWORD, spawn_app, spawn_app_with};
+
+fn channel(address: std::net::SocketAddr) -> Channel {
+    Channel::from_shared(format!("http://{address}"))
+        .unwrap()
+        .connect_lazy()
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn health_follows_the_database(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let mut health = HealthClient::new(channel(app.address));
+    for service in ["", "agora.auth.v1.UserService", "agora.auth.v1.AuthService"] {
+        let mut watch = health
+            .watch(HealthCheckRequest {
+                service: service.to_owned(),
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let first = watch.next().await.unwrap().unwrap();
+        assert_eq!(first.status(), ServingStatus::Serving, "{service:?}");
+    }
+    let mut watch = health
+        .watch(HealthCheckRequest {
+            service: String::new(),
+        })
+        .await
+        .unwrap()
+        .into_inner();
+    assert_eq!(
+        watch.next().await.unwrap().unwrap().status(),
+        ServingStatus::Serving
+    );
+
+    app.pool.close().await;
+
+    let next = watch.next().await.unwrap().unwrap();
+    assert_eq!(
+        next.status(),
+        ServingStatus::NotServing,
+        "health reports the lost database"
+    );
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn reflection_lists_exactly_the_services_served(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let expected = vec![
+        "agora.auth.v1.AuthService",
+        "agora.auth.v1.UserService",
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
+    ];
+
+    let request = v1alpha::ServerReflectionRequest {
+        message_request: Some(
+            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
+        ),
+        ..Default::default()
+    };
+    let mut client =
+        v1alpha::server_reflection_client::ServerReflectionClient::new(channel(app.address));
+    let response = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap();
+    let answer = response
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .message_response
+        .unwrap();
+    let v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list) = answer
+    else {
+        panic!("not a service list: {answer:?}");
+    };
+    let mut names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(names, expected, "v1alpha");
+
+    let request = v1::ServerReflectionRequest {
+        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
+            String::new(),
+        )),
+        ..Default::default()
+    };
+    let mut client =
+        v1::server_reflection_client::ServerReflectionClient::new(channel(app.address));
+    let response = client
+        .server_reflection_info(tokio_stream::iter([request]))
+        .await
+        .unwrap();
+    let answer = response
+        .into_inner()
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .message_response
+        .unwrap();
+    let v1::server_reflection_response::MessageResponse::ListServicesResponse(list) = answer else {
+        panic!("not a service list: {answer:?}");
+    };
+    let mut names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+    names.sort();
+    assert_eq!(names, expected, "v1");
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn oversized_messages_are_refused(pool: PgPool) {
+    let app = spawn_app(pool).await;
+
+    let request = proto::CreateUserRequest {
+        email: "big@example.com".to_owned(),
+        password: "x".repeat(2 << 20),
+    };
+    let status = app.users.clone().create_user(request).await.unwrap_err();
+
+    assert_eq!(status.code(), Code::OutOfRange, "{status:?}");
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn shutdown_lets_calls_in_flight_finish(pool: PgPool) {
+    // One hash at a time: the registrations queue up inside the server.
+    let config = Config {
+        password_hashing_concurrency: 1,
+        ..Config::ephemeral()
+    };
+    let app = spawn_app_with(pool, config).await;
+    let mut registrations = FuturesUnordered::new();
+    for i in 0..4 {
+        let mut users = app.users.clone();
+        let request = proto::CreateUserRequest {
+            email: format!("user{i}@example.com"),
+            password: PASSWORD.to_owned(),
+        };
+        registrations.push(tokio::spawn(
+            async move { users.create_user(request).await },
+        ));
+    }
+    // When the first answer arrives, the other three were sent long ago and wait
+    // for the hasher.
+    registrations
+        .next()
+        .await
+        .unwrap()
+        .unwrap()
+        .expect("the first registration");
+    let pool = app.pool.clone();
+
+    app.stop().await;
+
+    while let Some(result) = registrations.next().await {
+        result
+            .unwrap()
+            .expect("a call in flight at shutdown still completes");
+    }
+    let count: i64 = sqlx::query_scalar("select count(*) from auth.users")
+        .fetch_one(&pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 4);
+}

@@ -1,0 +1,237 @@
+use agora_proto::auth::v1 as proto;
+use futures::future::join_all;
+use sqlx::PgPool;
+use tonic::Code;
+use uuid::Uuid;
+
+use crate::helpers::{PASSWORD, assert_bad_request, authorized, spawn_app};
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn create_user_stores_an_argon2id_hash_and_returns_no_secret(pool: PgPool) {
+    let app = spawn_app(pool).await;
+
+    let user = app
+        .create_user("  Alice@Example.com ", PASSWORD)
+        .await
+        .unwrap();
+
+    let id = Uuid::parse_str(&user.id).expect("the id is a UUID");
+    assert_eq!(id.get_version_num(), 7, "ids are UUIDv7");
+    assert_eq!(
+        user.email, "Alice@Example.com",
+        "the email is trimmed, its case kept"
+    );
+    assert!(user.create_time.is_some());
+    let stored: String = sqlx::query_scalar("select password_hash from auth.users where id = $1")
+        .bind(id)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert!(
+        stored.starts_with("$argon2id$v=19$m=19456,t=2,p=1$"),
+        "OWASP argon2id parameters: {stored}"
+    );
+    assert!(!stored.contains(PASSWORD));
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn an_email_is_taken_whatever_its_case(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.create_user("bob@example.com", PASSWORD).await.unwrap();
+
+    let status = app
+        .create_user(" BOB@Example.COM", "another password")
+        .await
+        .unwrap_err();
+
+    assert_eq!(status.code(), Code::AlreadyExists);
+    let count: i64 = sqlx::query_scalar("select count(*) from auth.users")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 1, "no second row");
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn simultaneous_registrations_of_one_email_give_exactly_one_user(pool: PgPool) {
+    let app = spawn_app(pool).await;
+
+    let spellings = [
+        "race@example.com",
+        "RACE@example.com",
+        "Race@Example.com",
+        "race@EXAMPLE.com",
+    ];
+    let attempts = spellings
+        .iter()
+        .cycle()
+        .take(8)
+        .map(|email| app.create_user(email, PASSWORD));
+    let results = join_all(attempts).await;
+
+    let created = results.iter().filter(|r| r.is_ok()).count();
+    let taken = results
+        .iter()
+        .filter(|r| r.as_ref().is_err_and(|s| s.code() == Code::AlreadyExists))
+        .count();
+    assert_eq!((created, taken), (1, 7), "{results:?}");
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn create_user_rejects_bad_fields_before_hashing(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let long_local = "a".repeat(250);
+    let cases: &[(&str, &str, &str, &[&str])] = &[
+        ("empty email", "", PASSWORD, &["email"]),
+        ("blank email", "   ", PASSWORD, &["email"]),
+        ("no at sign", "alice.example.com", PASSWORD, &["email"]),
+        ("no domain dot", "alice@localhost", PASSWORD, &["email"]),
+        ("two at signs", "a@b@example.com", PASSWORD, &["email"]),
+        (
+            "email over 254 characters",
+            &format!("{long_local}@example.com"),
+            PASSWORD,
+            &["email"],
+        ),
+        ("empty password", "p1@example.com", "", &["password"]),
+        (
+            "7-character password",
+            "p2@example.com",
+            "1234567",
+            &["password"],
+        ),
+        (
+            "129-character password",
+            "p3@example.com",
+            &"x".repeat(129),
+            &["password"],
+        ),
+        (
+            "1 MB password",
+            "p4@example.com",
+            &"x".repeat(1_000_000),
+            &["password"],
+        ),
+        ("both wrong", "nope", "short", &["email", "password"]),
+    ];
+    for (case, email, password, fields) in cases {
+        let status = app.create_user(email, password).await.unwrap_err();
+        assert_bad_request(&status, fields, case);
+    }
+    let count: i64 = sqlx::query_scalar("select count(*) from auth.users")
+        .fetch_one(&app.pool)
+        .await
+        .unwrap();
+    assert_eq!(count, 0, "nothing stored");
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn passwords_of_8_and_128_characters_are_accepted(pool: PgPool) {
+    let app = spawn_app(pool).await;
+
+    app.create_user("short@example.com", "12345678")
+        .await
+        .expect("8 characters");
+    // 128 characters of 4 bytes each: the limit counts characters, not bytes.
+    app.create_user("long@example.com", &"🔑".repeat(128))
+        .await
+        .expect("128 characters");
+    app.login("long@example.com", &"🔑".repeat(128))
+        .await
+        .expect("and it logs in");
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn get_user_returns_the_user_to_a_signed_in_caller(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (alice, _) = app.signed_in_user("alice@example.com").await;
+    let (_, bobs_token) = app.signed_in_user("bob@example.com").await;
+
+    let fetched = app.get_user(&alice.id, Some(&bobs_token)).await.unwrap();
+
+    assert_eq!(fetched, alice);
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn get_user_errors(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (alice, token) = app.signed_in_user("alice@example.com").await;
+
+    let anonymous = app.get_user(&alice.id, None).await.unwrap_err();
+    assert_eq!(
+        anonymous.code(),
+        Code::Unauthenticated,
+        "no token: {anonymous:?}"
+    );
+
+    let malformed = app.get_user("not-a-uuid", Some(&token)).await.unwrap_err();
+    assert_bad_request(&malformed, &["id"], "malformed id");
+
+    let empty = app.get_user("", Some(&token)).await.unwrap_err();
+    assert_bad_request(&empty, &["id"], "empty id");
+
+    let unknown = app
+        .get_user(&Uuid::now_v7().to_string(), Some(&token))
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn batch_get_users_answers_known_ids_once(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (alice, token) = app.signed_in_user("alice@example.com").await;
+    let bob = app.create_user("bob@example.com", PASSWORD).await.unwrap();
+    let ids = vec![
+        alice.id.clone(),
+        bob.id.clone(),
+        alice.id.clone(),
+        Uuid::now_v7().to_string(),
+    ];
+
+    let request = authorized(proto::BatchGetUsersRequest { ids }, Some(&token));
+    let mut users = app
+        .users
+        .clone()
+        .batch_get_users(request)
+        .await
+        .unwrap()
+        .into_inner()
+        .users;
+
+    users.sort_by(|a, b| a.email.cmp(&b.email));
+    assert_eq!(users, vec![alice, bob]);
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn batch_get_users_limits_and_checks_ids(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (_, token) = app.signed_in_user("alice@example.com").await;
+    let mut client = app.users.clone();
+
+    let too_many = (0..101).map(|_| Uuid::now_v7().to_string()).collect();
+    let status = client
+        .batch_get_users(authorized(
+            proto::BatchGetUsersRequest { ids: too_many },
+            Some(&token),
+        ))
+        .await
+        .unwrap_err();
+    assert_bad_request(&status, &["ids"], "101 ids");
+
+    let malformed = vec!["x".to_owned()];
+    let status = client
+        .batch_get_users(authorized(
+            proto::BatchGetUsersRequest { ids: malformed },
+            Some(&token),
+        ))
+        .await
+        .unwrap_err();
+    assert_bad_request(&status, &["ids"], "malformed id");
+
+    let status = client
+        .batch_get_users(proto::BatchGetUsersRequest { ids: vec![] })
+        .await
+        .unwrap_err();
+    assert_eq!(status.code(), Code::Unauthenticated, "no token");
+}
