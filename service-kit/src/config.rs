@@ -2,6 +2,8 @@
 
 use std::time::Duration;
 
+use access_token::{AuthServiceKeys, StaticKeys, TokenVerifier};
+use jsonwebtoken::jwk::JwkSet;
 use secrecy::{ExposeSecret, SecretString};
 
 /// Protections a gRPC server applies to every call.
@@ -125,3 +127,45 @@ mod tests {
         }
     }
 }
+
+/// Where a service that does not sign tokens gets the keys to verify them.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TokenKeysArgs {
+    /// auth-service, asked for its public keys when a token names an unknown one.
+    #[arg(
+        long,
+        env = "AUTH_SERVICE_URL",
+        default_value = "http://127.0.0.1:50052"
+    )]
+    pub auth_service_url: String,
+    /// A JWK Set file to verify with instead of asking auth-service.
+    #[arg(long, env = "JWKS_FILE")]
+    pub jwks_file: Option<std::path::PathBuf>,
+}
+
+impl TokenKeysArgs {
+    /// A verifier on these keys. It connects lazily, so auth-service may start later.
+    pub fn verifier(&self) -> Result<TokenVerifier, KeyConfigError> {
+        match &self.jwks_file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|error| {
+                    KeyConfigError(format!("cannot read {}: {error}", path.display()))
+                })?;
+                let keys: JwkSet = serde_json::from_str(&text).map_err(|error| {
+                    KeyConfigError(format!("{} is not a JWK Set: {error}", path.display()))
+                })?;
+                Ok(TokenVerifier::new(StaticKeys(keys)))
+            }
+            None => {
+                let channel = crate::client::lazy_channel(&self.auth_service_url)
+                    .map_err(|error| KeyConfigError(format!("AUTH_SERVICE_URL: {error}")))?;
+                Ok(TokenVerifier::new(AuthServiceKeys::new(channel)))
+            }
+        }
+    }
+}
+
+/// The token keys are configured wrongly.
+#[derive(Debug, thiserror::Error)]
+#[error("token verification keys: {0}")]
+pub struct KeyConfigError(String);

@@ -3,6 +3,7 @@
 //! health, one tracing span per RPC, database start-up with migrations, and
 //! graceful shutdown.
 
+pub mod client;
 pub mod config;
 pub mod database;
 pub mod error;
@@ -10,6 +11,6 @@ pub mod fields;
 pub mod server;
 pub mod telemetry;
 
-pub use config::{DatabaseArgs, LogFormat, ServerLimits};
+pub use config::{DatabaseArgs, LogFormat, ServerLimits, TokenKeysArgs};
 pub use error::{ApiError, ConstraintExt};
 pub use server::{GrpcServer, ServedApi, shutdown_signal};

@@ -6,6 +6,7 @@ use access_token::{AuthServiceKeys, TokenError, TokenVerifier};
 use agora_proto::auth::v1 as proto;
 use auth_service::Config;
 use ed25519_dalek::pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding};
+use service_kit::TokenKeysArgs;
 use sqlx::PgPool;
 use tonic::transport::Channel;
 
@@ -153,4 +154,54 @@ async fn a_remote_verifier_keeps_working_while_auth_service_is_down(pool: PgPool
         TokenError::UnknownKey,
         "an unknown key while the source is down"
     );
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn services_verify_with_keys_from_auth_service_or_a_jwks_file(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (alice, token) = app.signed_in_user("alice@example.com").await;
+    let jwks = app
+        .auth
+        .clone()
+        .get_jwks(proto::GetJwksRequest {})
+        .await
+        .unwrap()
+        .into_inner();
+    let set = jsonwebtoken::jwk::JwkSet {
+        keys: jwks
+            .keys
+            .iter()
+            .filter_map(access_token::jwk_from_proto)
+            .collect(),
+    };
+    let path = std::env::temp_dir().join(format!("agora-test-jwks-{}.json", uuid::Uuid::now_v7()));
+    std::fs::write(&path, serde_json::to_string(&set).unwrap()).unwrap();
+
+    let from_service = TokenKeysArgs {
+        auth_service_url: format!("http://{}", app.address),
+        jwks_file: None,
+    };
+    let from_file = TokenKeysArgs {
+        auth_service_url: "http://127.0.0.1:1".to_owned(),
+        jwks_file: Some(path.clone()),
+    };
+    for (case, args) in [("auth-service", from_service), ("JWKS file", from_file)] {
+        let caller = args
+            .verifier()
+            .unwrap()
+            .verify(&token)
+            .await
+            .unwrap_or_else(|e| panic!("{case}: {e}"));
+        assert_eq!(caller.user_id.to_string(), alice.id, "{case}");
+    }
+
+    let garbage = TokenKeysArgs {
+        auth_service_url: String::new(),
+        jwks_file: Some(std::env::temp_dir().join("agora-no-such-jwks.json")),
+    };
+    assert!(
+        garbage.verifier().is_err(),
+        "a missing JWKS file is a configuration error"
+    );
+    std::fs::remove_file(path).unwrap();
 }
