@@ -6,6 +6,8 @@ use agora_proto::auth::v1::{
     self as proto, auth_service_client::AuthServiceClient, user_service_client::UserServiceClient,
 };
 use auth_service::Config;
+use ed25519_dalek::pkcs8::{EncodePrivateKey, KeypairBytes};
+use jsonwebtoken::EncodingKey;
 use sqlx::PgPool;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Code, Request, Status, transport::Channel};
@@ -101,6 +103,31 @@ impl TestApp {
             .user
             .expect("a user"))
     }
+}
+
+impl TestApp {
+    /// The published public keys.
+    pub async fn jwks(&self) -> Vec<proto::Jwk> {
+        self.auth
+            .clone()
+            .get_jwks(proto::GetJwksRequest {})
+            .await
+            .unwrap()
+            .into_inner()
+            .keys
+    }
+}
+
+/// A fresh Ed25519 key that auth-service has never seen.
+pub fn foreign_signing_key() -> EncodingKey {
+    let key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+    let der = KeypairBytes {
+        secret_key: key.to_bytes(),
+        public_key: None,
+    }
+    .to_pkcs8_der()
+    .unwrap();
+    EncodingKey::from_ed_der(der.as_bytes())
 }
 
 /// `message` with `authorization: Bearer <token>` metadata, when a token is given.

@@ -3,24 +3,17 @@
 use std::sync::Arc;
 
 use access_token::{AuthServiceKeys, TokenError, TokenVerifier};
-use agora_proto::auth::v1 as proto;
 use auth_service::Config;
 use ed25519_dalek::pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding};
 use service_kit::TokenKeysArgs;
 use sqlx::PgPool;
 use tonic::transport::Channel;
 
-use crate::helpers::{spawn_app, spawn_app_with};
+use crate::helpers::{foreign_signing_key, spawn_app, spawn_app_with};
 
 async fn published_kids(app: &crate::helpers::TestApp) -> Vec<String> {
-    let jwks = app
-        .auth
-        .clone()
-        .get_jwks(proto::GetJwksRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    for key in &jwks.keys {
+    let keys = app.jwks().await;
+    for key in &keys {
         assert_eq!(
             (
                 key.kty.as_str(),
@@ -31,7 +24,7 @@ async fn published_kids(app: &crate::helpers::TestApp) -> Vec<String> {
             ("OKP", "Ed25519", "EdDSA", "sig")
         );
     }
-    jwks.keys.into_iter().map(|key| key.kid).collect()
+    keys.into_iter().map(|key| key.kid).collect()
 }
 
 fn kid_of(token: &str) -> String {
@@ -135,17 +128,10 @@ async fn a_remote_verifier_keeps_working_while_auth_service_is_down(pool: PgPool
     let foreign = {
         let mut header = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::EdDSA);
         header.kid = Some("unknown".to_owned());
-        let key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
-        let der = ed25519_dalek::pkcs8::KeypairBytes {
-            secret_key: key.to_bytes(),
-            public_key: None,
-        }
-        .to_pkcs8_der()
-        .unwrap();
         jsonwebtoken::encode(
             &header,
             &serde_json::json!({"sub": "x"}),
-            &jsonwebtoken::EncodingKey::from_ed_der(der.as_bytes()),
+            &foreign_signing_key(),
         )
         .unwrap()
     };
@@ -160,16 +146,10 @@ async fn a_remote_verifier_keeps_working_while_auth_service_is_down(pool: PgPool
 async fn services_verify_with_keys_from_auth_service_or_a_jwks_file(pool: PgPool) {
     let app = spawn_app(pool).await;
     let (alice, token) = app.signed_in_user("alice@example.com").await;
-    let jwks = app
-        .auth
-        .clone()
-        .get_jwks(proto::GetJwksRequest {})
-        .await
-        .unwrap()
-        .into_inner();
     let set = jsonwebtoken::jwk::JwkSet {
-        keys: jwks
-            .keys
+        keys: app
+            .jwks()
+            .await
             .iter()
             .filter_map(access_token::jwk_from_proto)
             .collect(),

@@ -57,6 +57,39 @@ async fn health_follows_the_database(pool: PgPool) {
     );
 }
 
+/// The sorted service names that reflection version `$version` lists.
+macro_rules! list_services {
+    ($version:ident, $address:expr) => {{
+        use $version::{
+            server_reflection_request::MessageRequest, server_reflection_response::MessageResponse,
+        };
+        let request = $version::ServerReflectionRequest {
+            message_request: Some(MessageRequest::ListServices(String::new())),
+            ..Default::default()
+        };
+        let mut client =
+            $version::server_reflection_client::ServerReflectionClient::new(channel($address));
+        let mut answers = client
+            .server_reflection_info(tokio_stream::iter([request]))
+            .await
+            .unwrap()
+            .into_inner();
+        let answer = answers
+            .next()
+            .await
+            .unwrap()
+            .unwrap()
+            .message_response
+            .unwrap();
+        let MessageResponse::ListServicesResponse(list) = answer else {
+            panic!("not a service list: {answer:?}");
+        };
+        let mut names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
+        names.sort();
+        names
+    }};
+}
+
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn reflection_lists_exactly_the_services_served(pool: PgPool) {
     let app = spawn_app(pool).await;
@@ -68,60 +101,8 @@ async fn reflection_lists_exactly_the_services_served(pool: PgPool) {
         "grpc.reflection.v1alpha.ServerReflection",
     ];
 
-    let request = v1alpha::ServerReflectionRequest {
-        message_request: Some(
-            v1alpha::server_reflection_request::MessageRequest::ListServices(String::new()),
-        ),
-        ..Default::default()
-    };
-    let mut client =
-        v1alpha::server_reflection_client::ServerReflectionClient::new(channel(app.address));
-    let response = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap();
-    let answer = response
-        .into_inner()
-        .next()
-        .await
-        .unwrap()
-        .unwrap()
-        .message_response
-        .unwrap();
-    let v1alpha::server_reflection_response::MessageResponse::ListServicesResponse(list) = answer
-    else {
-        panic!("not a service list: {answer:?}");
-    };
-    let mut names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    names.sort();
-    assert_eq!(names, expected, "v1alpha");
-
-    let request = v1::ServerReflectionRequest {
-        message_request: Some(v1::server_reflection_request::MessageRequest::ListServices(
-            String::new(),
-        )),
-        ..Default::default()
-    };
-    let mut client =
-        v1::server_reflection_client::ServerReflectionClient::new(channel(app.address));
-    let response = client
-        .server_reflection_info(tokio_stream::iter([request]))
-        .await
-        .unwrap();
-    let answer = response
-        .into_inner()
-        .next()
-        .await
-        .unwrap()
-        .unwrap()
-        .message_response
-        .unwrap();
-    let v1::server_reflection_response::MessageResponse::ListServicesResponse(list) = answer else {
-        panic!("not a service list: {answer:?}");
-    };
-    let mut names: Vec<_> = list.service.into_iter().map(|s| s.name).collect();
-    names.sort();
-    assert_eq!(names, expected, "v1");
+    assert_eq!(list_services!(v1alpha, app.address), expected, "v1alpha");
+    assert_eq!(list_services!(v1, app.address), expected, "v1");
 }
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]

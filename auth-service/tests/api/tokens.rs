@@ -8,7 +8,7 @@ use sqlx::PgPool;
 use tonic::Code;
 use uuid::Uuid;
 
-use crate::helpers::{TestApp, spawn_app};
+use crate::helpers::{TestApp, foreign_signing_key, spawn_app};
 
 /// auth-service's own signing key, read from its table, to forge tokens that are
 /// correctly signed but wrong in some other way.
@@ -68,27 +68,8 @@ async fn forged_and_invalid_tokens_are_unauthenticated(pool: PgPool) {
         .await
         .expect("the forging kit makes valid tokens");
 
-    let jwks = app
-        .auth
-        .clone()
-        .get_jwks(proto::GetJwksRequest {})
-        .await
-        .unwrap()
-        .into_inner();
-    let public_key = URL_SAFE_NO_PAD.decode(&jwks.keys[0].x).unwrap();
-    let other_key = {
-        use ed25519_dalek::pkcs8::EncodePrivateKey;
-        let key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
-        EncodingKey::from_ed_der(
-            ed25519_dalek::pkcs8::KeypairBytes {
-                secret_key: key.to_bytes(),
-                public_key: None,
-            }
-            .to_pkcs8_der()
-            .unwrap()
-            .as_bytes(),
-        )
-    };
+    let public_key = URL_SAFE_NO_PAD.decode(&app.jwks().await[0].x).unwrap();
+    let other_key = foreign_signing_key();
     let [header, payload, signature]: [&str; 3] =
         genuine.split('.').collect::<Vec<_>>().try_into().unwrap();
     let someone_else = with(
