@@ -2,7 +2,7 @@
 
 use std::sync::Arc;
 
-use service_kit::ApiError;
+use service_kit::{ApiError, error::both};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -26,12 +26,10 @@ pub struct Accounts {
 impl Accounts {
     pub async fn register(&self, email: &str, password: String) -> Result<User, ApiError> {
         // Validate every field before the costly hash.
-        let email = Email::parse("email", email);
-        let password_check = users::check_password("password", &password, MIN_PASSWORD_CHARS);
-        let email = match (email, password_check) {
-            (Ok(email), Ok(())) => email,
-            (email, password) => return Err(merge_violations([email.err(), password.err()])),
-        };
+        let (email, ()) = both(
+            Email::parse("email", email),
+            users::check_password("password", &password, MIN_PASSWORD_CHARS),
+        )?;
         let password_hash = self.passwords.hash(password).await?;
         let mut conn = self.pool.acquire().await?;
         let user = users::insert(&mut conn, Uuid::now_v7(), &email, &password_hash).await?;
@@ -42,11 +40,10 @@ impl Accounts {
     pub async fn login(&self, email: &str, password: String) -> Result<IssuedToken, ApiError> {
         // Only sizes are checked: a malformed address is simply not registered.
         let email = email.trim();
-        let email_check = users::check_email_size("email", email);
-        let password_check = users::check_password("password", &password, 1);
-        if email_check.is_err() || password_check.is_err() {
-            return Err(merge_violations([email_check.err(), password_check.err()]));
-        }
+        both(
+            users::check_email_size("email", email),
+            users::check_password("password", &password, 1),
+        )?;
         let credentials = {
             let mut conn = self.pool.acquire().await?;
             users::find_credentials(&mut conn, email).await?
@@ -71,16 +68,4 @@ impl Accounts {
         let mut conn = self.pool.acquire().await?;
         users::find_many(&mut conn, ids).await
     }
-}
-
-/// All field violations of several checks as one INVALID_ARGUMENT.
-fn merge_violations<const N: usize>(errors: [Option<ApiError>; N]) -> ApiError {
-    let mut violations = Vec::new();
-    for error in errors.into_iter().flatten() {
-        match error {
-            ApiError::InvalidArgument(more) => violations.extend(more),
-            other => return other,
-        }
-    }
-    ApiError::InvalidArgument(violations)
 }

@@ -104,8 +104,10 @@ pub async fn insert(
     )
     .fetch_one(conn)
     .await
-    .on_constraint("users_email_key", || {
-        ApiError::AlreadyExists("a user with this email already exists")
+    .on_constraint(|constraint| {
+        (constraint == "users_email_key").then_some(ApiError::AlreadyExists(
+            "a user with this email already exists",
+        ))
     })
 }
 

@@ -41,6 +41,24 @@ impl ApiError {
     }
 }
 
+/// Both values, or every field violation of either, so a caller learns of all bad
+/// fields at once. Any other error wins over field violations.
+pub fn both<A, B>(a: Result<A, ApiError>, b: Result<B, ApiError>) -> Result<(A, B), ApiError> {
+    match (a, b) {
+        (Ok(a), Ok(b)) => Ok((a, b)),
+        (a, b) => {
+            let mut violations = Vec::new();
+            for error in [a.err(), b.err()].into_iter().flatten() {
+                match error {
+                    ApiError::InvalidArgument(more) => violations.extend(more),
+                    other => return Err(other),
+                }
+            }
+            Err(ApiError::InvalidArgument(violations))
+        }
+    }
+}
+
 fn describe(violations: &[FieldViolation]) -> String {
     violations
         .iter()
@@ -105,16 +123,16 @@ fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 /// For repository code: turns the violation of a named constraint into an outcome,
 /// so races are settled by the database instead of a check-first query.
 pub trait ConstraintExt<T> {
-    fn on_constraint(self, name: &str, outcome: impl FnOnce() -> ApiError) -> Result<T, ApiError>;
+    /// `outcome` names the outcome for a violated constraint, or `None` for an
+    /// unexpected one, which stays an internal error.
+    fn on_constraint(self, outcome: impl FnOnce(&str) -> Option<ApiError>) -> Result<T, ApiError>;
 }
 
 impl<T> ConstraintExt<T> for Result<T, sqlx::Error> {
-    fn on_constraint(self, name: &str, outcome: impl FnOnce() -> ApiError) -> Result<T, ApiError> {
-        self.map_err(
-            |error| match error.as_database_error().and_then(|e| e.constraint()) {
-                Some(constraint) if constraint == name => outcome(),
-                _ => error.into(),
-            },
-        )
+    fn on_constraint(self, outcome: impl FnOnce(&str) -> Option<ApiError>) -> Result<T, ApiError> {
+        self.map_err(|error| {
+            let constraint = error.as_database_error().and_then(|e| e.constraint());
+            constraint.and_then(outcome).unwrap_or_else(|| error.into())
+        })
     }
 }

@@ -13,4 +13,4 @@ pub mod telemetry;
 
 pub use config::{DatabaseArgs, LogFormat, ServerLimits, TokenKeysArgs};
 pub use error::{ApiError, ConstraintExt};
-pub use server::{GrpcServer, ServedApi, shutdown_signal};
+pub use server::{GrpcServer, ServedApi, run_until_stopped, shutdown_signal};

@@ -205,3 +205,26 @@ pub async fn shutdown_signal() {
     }
     tracing::info!("shutting down; letting calls in flight finish");
 }
+
+/// The end of every service's `main`: serve until stopped, or say in one log line
+/// why the service could not start. The exit code tells a supervisor which.
+pub async fn run_until_stopped(
+    name: &str,
+    server: Result<GrpcServer, impl std::fmt::Display>,
+) -> std::process::ExitCode {
+    let server = match server {
+        Ok(server) => server,
+        Err(error) => {
+            tracing::error!(%error, "{name} cannot start");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    tracing::info!(address = %server.local_addr(), "{name} listening");
+    match server.run_until_stopped().await {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(%error, "{name} stopped with an error");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

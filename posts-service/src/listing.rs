@@ -1,0 +1,230 @@
+//! Listing posts: newest first, filtered, paged by opaque tokens (AIP-158) or by
+//! offset (the course API's `limit` and `skip`).
+
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
+use serde::{Deserialize, Serialize};
+use service_kit::ApiError;
+use sqlx::PgPool;
+use time::OffsetDateTime;
+use uuid::Uuid;
+
+use crate::posts::PostRow;
+
+pub const DEFAULT_PAGE_SIZE: i64 = 10;
+pub const MAX_PAGE_SIZE: i64 = 100;
+pub const MAX_SEARCH_CHARS: usize = 100;
+
+/// Which posts to list; validated from a `ListPostsRequest`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Filter {
+    /// Case-insensitive substring of the title.
+    pub search: Option<String>,
+    pub owner_id: Option<Uuid>,
+}
+
+/// Where a page starts: after the post `(create_time, id)` of the previous page, or
+/// after `skip` posts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Start {
+    After(Cursor),
+    Skip(i64),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Cursor {
+    #[serde(with = "time::serde::timestamp::nanoseconds")]
+    pub create_time: OffsetDateTime,
+    pub id: Uuid,
+}
+
+/// What a page token holds: the position, and the filter it was issued for, so a
+/// token cannot be replayed against another query.
+#[derive(Debug, Serialize, Deserialize)]
+struct PageToken {
+    after: Cursor,
+    filter: Filter,
+}
+
+/// A validated `ListPosts` request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Query {
+    pub filter: Filter,
+    pub start: Start,
+    pub page_size: i64,
+}
+
+impl Query {
+    pub fn parse(
+        page_size: i32,
+        page_token: &str,
+        skip: i32,
+        search: &str,
+        owner_id: &str,
+    ) -> Result<Self, ApiError> {
+        let page_size = match i64::from(page_size) {
+            size if size < 0 => return Err(ApiError::invalid("page_size", "must not be negative")),
+            0 => DEFAULT_PAGE_SIZE,
+            size => size.min(MAX_PAGE_SIZE),
+        };
+        if search.chars().count() > MAX_SEARCH_CHARS {
+            return Err(ApiError::invalid(
+                "search",
+                format!("at most {MAX_SEARCH_CHARS} characters"),
+            ));
+        }
+        let filter = Filter {
+            search: Some(search).filter(|s| !s.is_empty()).map(str::to_owned),
+            owner_id: match owner_id {
+                "" => None,
+                id => Some(service_kit::fields::parse_id("owner_id", id)?),
+            },
+        };
+        let start = match (page_token, skip) {
+            (_, skip) if skip < 0 => return Err(ApiError::invalid("skip", "must not be negative")),
+            ("", skip) => Start::Skip(skip.into()),
+            (_, 0) => Start::After(decode_token(page_token, &filter)?),
+            (_, _) => {
+                return Err(ApiError::invalid(
+                    "skip",
+                    "cannot be combined with page_token",
+                ));
+            }
+        };
+        Ok(Self {
+            filter,
+            start,
+            page_size,
+        })
+    }
+}
+
+/// A page of posts and, when more follow, the token for the next one.
+pub struct Page {
+    pub posts: Vec<PostRow>,
+    pub next_page_token: String,
+}
+
+/// The posts `caller` may see that match `query`: published ones and the caller's
+/// own drafts, newest first. One query, whatever the page size.
+pub async fn list(pool: &PgPool, caller: Uuid, query: &Query) -> Result<Page, ApiError> {
+    let (after, skip) = match &query.start {
+        Start::After(cursor) => (Some(*cursor), 0),
+        Start::Skip(skip) => (None, *skip),
+    };
+    let pattern = query
+        .filter
+        .search
+        .as_deref()
+        .map(|search| format!("%{}%", escape_like(search)));
+    // One row more than the page tells whether another page follows.
+    let mut posts = sqlx::query_as!(
+        PostRow,
+        r#"select id, owner_id, title, content, published, create_time, update_time
+             from posts.posts
+            where (published or owner_id = $1)
+              and ($2::uuid is null or owner_id = $2)
+              and ($3::text is null or title ilike $3 escape '\')
+              and ($4::timestamptz is null or (create_time, id) < ($4, $5::uuid))
+            order by create_time desc, id desc
+            limit $6 offset $7"#,
+        caller,
+        query.filter.owner_id,
+        pattern,
+        after.map(|cursor| cursor.create_time),
+        after.map(|cursor| cursor.id),
+        query.page_size + 1,
+        skip
+    )
+    .fetch_all(pool)
+    .await?;
+    let next_page_token = if posts.len() as i64 > query.page_size {
+        posts.truncate(query.page_size as usize);
+        let last = posts.last().expect("a full page has a last post");
+        encode_token(
+            Cursor {
+                create_time: last.create_time,
+                id: last.id,
+            },
+            &query.filter,
+        )
+    } else {
+        String::new()
+    };
+    Ok(Page {
+        posts,
+        next_page_token,
+    })
+}
+
+/// `text` with the LIKE wildcards `%` and `_`, and the escape `\`, matching
+/// themselves.
+fn escape_like(text: &str) -> String {
+    let mut escaped = String::with_capacity(text.len());
+    for c in text.chars() {
+        if matches!(c, '%' | '_' | '\\') {
+            escaped.push('\\');
+        }
+        escaped.push(c);
+    }
+    escaped
+}
+
+fn encode_token(after: Cursor, filter: &Filter) -> String {
+    let token = PageToken {
+        after,
+        filter: filter.clone(),
+    };
+    URL_SAFE_NO_PAD.encode(serde_json::to_vec(&token).expect("a page token serializes"))
+}
+
+fn decode_token(token: &str, filter: &Filter) -> Result<Cursor, ApiError> {
+    let invalid = || ApiError::invalid("page_token", "not a page token of this query");
+    let bytes = URL_SAFE_NO_PAD.decode(token).map_err(|_| invalid())?;
+    let token: PageToken = serde_json::from_slice(&bytes).map_err(|_| invalid())?;
+    if token.filter != *filter {
+        return Err(invalid());
+    }
+    Ok(token.after)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn like_wildcards_match_themselves() {
+        assert_eq!(escape_like("100%_off\\now"), "100\\%\\_off\\\\now");
+        assert_eq!(escape_like("plain"), "plain");
+    }
+
+    #[test]
+    fn page_sizes_default_and_cap() {
+        let size = |n| Query::parse(n, "", 0, "", "").map(|q| q.page_size);
+        assert_eq!(size(0).unwrap(), 10);
+        assert_eq!(size(7).unwrap(), 7);
+        assert_eq!(size(1000).unwrap(), 100);
+        assert!(size(-1).is_err());
+    }
+
+    #[test]
+    fn page_tokens_round_trip_only_for_their_query() {
+        let cursor = Cursor {
+            create_time: OffsetDateTime::now_utc(),
+            id: Uuid::now_v7(),
+        };
+        let filter = Filter {
+            search: Some("rust".to_owned()),
+            owner_id: None,
+        };
+        let token = encode_token(cursor, &filter);
+
+        let query = Query::parse(5, &token, 0, "rust", "").unwrap();
+        assert_eq!(query.start, Start::After(cursor));
+        assert!(
+            Query::parse(5, &token, 0, "go", "").is_err(),
+            "another search"
+        );
+        assert!(Query::parse(5, &token, 3, "rust", "").is_err(), "with skip");
+        assert!(Query::parse(5, "garbage", 0, "rust", "").is_err());
+    }
+}

@@ -1,0 +1,39 @@
+//! votes-service's settings, as flags or environment variables.
+
+use std::net::SocketAddr;
+
+use service_kit::{DatabaseArgs, LogFormat, ServerLimits, TokenKeysArgs};
+
+/// Agora's votes-service: likes on posts.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(version, about)]
+pub struct Config {
+    /// Address to serve gRPC on.
+    #[arg(long, env = "VOTES_LISTEN_ADDR", default_value = "127.0.0.1:50054")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub token_keys: TokenKeysArgs,
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub limits: ServerLimits,
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+}
+
+impl Config {
+    /// The defaults, on a free loopback port, taking token keys from `auth_service_url`.
+    pub fn ephemeral(auth_service_url: impl Into<String>) -> Self {
+        Self {
+            listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+            token_keys: TokenKeysArgs {
+                auth_service_url: auth_service_url.into(),
+                jwks_file: None,
+            },
+            database: DatabaseArgs::default(),
+            limits: ServerLimits::default(),
+            log_format: LogFormat::Text,
+        }
+    }
+}

@@ -1,0 +1,105 @@
+//! Likes: rows of `votes.votes`, one per person and post.
+//!
+//! Every outcome is decided by one statement and the table's constraints, never by
+//! a read followed by a write, so simultaneous votes cannot both succeed.
+
+use service_kit::{ApiError, ConstraintExt};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+/// Largest number of posts one `CountVotes` may ask about: a page of posts.
+pub const MAX_BATCH: usize = 100;
+
+/// What a vote does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Direction {
+    Add,
+    Remove,
+}
+
+/// The likes of one post.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PostVotes {
+    pub post_id: Uuid,
+    pub like_count: i64,
+    pub liked_by_caller: bool,
+}
+
+/// Adds or removes `user_id`'s like of `post_id`, and returns the post's like count.
+pub async fn vote(
+    pool: &PgPool,
+    post_id: Uuid,
+    user_id: Uuid,
+    direction: Direction,
+) -> Result<i64, ApiError> {
+    match direction {
+        Direction::Add => add(pool, post_id, user_id).await?,
+        Direction::Remove => remove(pool, post_id, user_id).await?,
+    }
+    let count = sqlx::query_scalar!(
+        r#"select count(*) as "count!" from votes.votes where post_id = $1"#,
+        post_id
+    )
+    .fetch_one(pool)
+    .await?;
+    Ok(count)
+}
+
+async fn add(pool: &PgPool, post_id: Uuid, user_id: Uuid) -> Result<(), ApiError> {
+    // Another person's draft is invisible to the voter, as if it did not exist;
+    // the foreign key catches a post deleted meanwhile.
+    let inserted = sqlx::query!(
+        "insert into votes.votes (post_id, user_id)
+         select id, $2 from posts.posts where id = $1 and (published or owner_id = $2)",
+        post_id,
+        user_id
+    )
+    .execute(pool)
+    .await
+    .on_constraint(|constraint| match constraint {
+        "votes_pkey" => Some(ApiError::AlreadyExists("you already like this post")),
+        "votes_post_id_fkey" => Some(ApiError::NotFound("post not found")),
+        "votes_user_id_fkey" => Some(ApiError::NotFound("user not found")),
+        _ => None,
+    })?;
+    match inserted.rows_affected() {
+        0 => Err(ApiError::NotFound("post not found")),
+        _ => Ok(()),
+    }
+}
+
+async fn remove(pool: &PgPool, post_id: Uuid, user_id: Uuid) -> Result<(), ApiError> {
+    let deleted = sqlx::query!(
+        "delete from votes.votes where post_id = $1 and user_id = $2",
+        post_id,
+        user_id
+    )
+    .execute(pool)
+    .await?;
+    match deleted.rows_affected() {
+        0 => Err(ApiError::NotFound("you do not like this post")),
+        _ => Ok(()),
+    }
+}
+
+/// The like counts of `post_ids` and whether `user_id` likes each, in one query;
+/// one entry per id, zero for posts without likes or that do not exist.
+pub async fn count(
+    pool: &PgPool,
+    post_ids: &[Uuid],
+    user_id: Uuid,
+) -> Result<Vec<PostVotes>, ApiError> {
+    Ok(sqlx::query_as!(
+        PostVotes,
+        r#"select requested.id as "post_id!",
+                  count(votes.user_id) as "like_count!",
+                  coalesce(bool_or(votes.user_id = $2), false) as "liked_by_caller!"
+             from unnest($1::uuid[]) as requested (id)
+             left join votes.votes on votes.post_id = requested.id
+            group by requested.id"#,
+        post_ids,
+        user_id
+    )
+    .fetch_all(pool)
+    .await?)
+}
