@@ -25,7 +25,8 @@ pub struct PostVotes {
     pub liked_by_caller: bool,
 }
 
-/// Adds or removes `user_id`'s like of `post_id`, and returns the post's like count.
+/// Adds or removes `user_id`'s like of `post_id`, and returns the post's like count
+/// as the same statement saw it, so a successful like never reports zero.
 pub async fn vote(
     pool: &PgPool,
     post_id: Uuid,
@@ -33,28 +34,27 @@ pub async fn vote(
     direction: Direction,
 ) -> Result<i64, ApiError> {
     match direction {
-        Direction::Add => add(pool, post_id, user_id).await?,
-        Direction::Remove => remove(pool, post_id, user_id).await?,
+        Direction::Add => add(pool, post_id, user_id).await,
+        Direction::Remove => remove(pool, post_id, user_id).await,
     }
-    let count = sqlx::query_scalar!(
-        r#"select count(*) as "count!" from votes.votes where post_id = $1"#,
-        post_id
-    )
-    .fetch_one(pool)
-    .await?;
-    Ok(count)
 }
 
-async fn add(pool: &PgPool, post_id: Uuid, user_id: Uuid) -> Result<(), ApiError> {
+async fn add(pool: &PgPool, post_id: Uuid, user_id: Uuid) -> Result<i64, ApiError> {
     // Another person's draft is invisible to the voter, as if it did not exist;
-    // the foreign key catches a post deleted meanwhile.
-    let inserted = sqlx::query!(
-        "insert into votes.votes (post_id, user_id)
-         select id, $2 from posts.posts where id = $1 and (published or owner_id = $2)",
+    // the foreign key catches a post deleted meanwhile. The count runs on the
+    // statement's snapshot, which does not hold the new row: hence the sum.
+    let outcome = sqlx::query!(
+        r#"with added as (
+               insert into votes.votes (post_id, user_id)
+               select id, $2 from posts.posts where id = $1 and (published or owner_id = $2)
+               returning post_id
+           )
+           select (select count(*) from added) as "added!",
+                  (select count(*) from votes.votes where post_id = $1) as "before!""#,
         post_id,
         user_id
     )
-    .execute(pool)
+    .fetch_one(pool)
     .await
     .on_constraint(|constraint| match constraint {
         "votes_pkey" => Some(ApiError::AlreadyExists("you already like this post")),
@@ -62,23 +62,27 @@ async fn add(pool: &PgPool, post_id: Uuid, user_id: Uuid) -> Result<(), ApiError
         "votes_user_id_fkey" => Some(ApiError::NotFound("user not found")),
         _ => None,
     })?;
-    match inserted.rows_affected() {
+    match outcome.added {
         0 => Err(ApiError::NotFound("post not found")),
-        _ => Ok(()),
+        added => Ok(outcome.before + added),
     }
 }
 
-async fn remove(pool: &PgPool, post_id: Uuid, user_id: Uuid) -> Result<(), ApiError> {
-    let deleted = sqlx::query!(
-        "delete from votes.votes where post_id = $1 and user_id = $2",
+async fn remove(pool: &PgPool, post_id: Uuid, user_id: Uuid) -> Result<i64, ApiError> {
+    let outcome = sqlx::query!(
+        r#"with removed as (
+               delete from votes.votes where post_id = $1 and user_id = $2 returning post_id
+           )
+           select (select count(*) from removed) as "removed!",
+                  (select count(*) from votes.votes where post_id = $1) as "before!""#,
         post_id,
         user_id
     )
-    .execute(pool)
+    .fetch_one(pool)
     .await?;
-    match deleted.rows_affected() {
+    match outcome.removed {
         0 => Err(ApiError::NotFound("you do not like this post")),
-        _ => Ok(()),
+        removed => Ok(outcome.before - removed),
     }
 }
 

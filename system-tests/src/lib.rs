@@ -1,0 +1,308 @@
+//! Agora's three services wired to each other on ephemeral ports over one test
+//! database, with clients for each, as the system tests use them.
+
+pub mod telemetry;
+
+use std::net::SocketAddr;
+
+use agora_proto::{
+    auth::v1::{
+        self as auth, auth_service_client::AuthServiceClient,
+        user_service_client::UserServiceClient,
+    },
+    posts::v1::{self as posts, post_service_client::PostServiceClient},
+    votes::v1::{self as votes, VoteDirection, vote_service_client::VoteServiceClient},
+};
+use service_kit::GrpcServer;
+use sqlx::PgPool;
+use tokio::{sync::oneshot, task::JoinHandle};
+use tonic::{Request, Status, transport::Channel};
+
+pub const PASSWORD: &str = "correct horse battery";
+
+/// One running service.
+pub struct Running {
+    pub address: SocketAddr,
+    shutdown: oneshot::Sender<()>,
+    task: JoinHandle<Result<(), tonic::transport::Error>>,
+}
+
+impl Running {
+    fn start(server: GrpcServer) -> Self {
+        let address = server.local_addr();
+        let (shutdown, stopped) = oneshot::channel::<()>();
+        let task = tokio::spawn(server.run_until(async {
+            let _ = stopped.await;
+        }));
+        Self {
+            address,
+            shutdown,
+            task,
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.address)
+    }
+
+    /// Stops the service gracefully and waits until it has.
+    pub async fn stop(self) {
+        let _ = self.shutdown.send(());
+        self.task
+            .await
+            .expect("server task")
+            .expect("server stops cleanly");
+    }
+}
+
+/// auth-, votes- and posts-service, each on its own port, wired as in production.
+pub struct System {
+    pub pool: PgPool,
+    pub auth: Running,
+    pub votes: Running,
+    pub posts: Running,
+    pub user_client: UserServiceClient<Channel>,
+    pub auth_client: AuthServiceClient<Channel>,
+    pub vote_client: VoteServiceClient<Channel>,
+    pub post_client: PostServiceClient<Channel>,
+}
+
+/// A registered, logged-in person.
+#[derive(Debug, Clone)]
+pub struct Person {
+    pub id: String,
+    pub email: String,
+    pub token: String,
+}
+
+/// Where each service listens.
+#[derive(Debug, Clone, Copy)]
+pub struct Addresses {
+    pub auth: SocketAddr,
+    pub votes: SocketAddr,
+    pub posts: SocketAddr,
+}
+
+impl Addresses {
+    /// Free loopback ports, chosen by the system.
+    pub fn ephemeral() -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            auth: any,
+            votes: any,
+            posts: any,
+        }
+    }
+}
+
+pub async fn spawn_system(pool: PgPool) -> System {
+    spawn_system_at(pool, Addresses::ephemeral()).await
+}
+
+pub async fn spawn_system_at(pool: PgPool, addresses: Addresses) -> System {
+    telemetry::install();
+    let auth_config = auth_service::Config {
+        listen: addresses.auth,
+        ..auth_service::Config::ephemeral()
+    };
+    let auth = Running::start(
+        auth_service::build_with_pool(&auth_config, pool.clone())
+            .await
+            .expect("auth-service builds"),
+    );
+    let votes_config = votes_service::Config {
+        listen: addresses.votes,
+        ..votes_service::Config::ephemeral(auth.url())
+    };
+    let votes = Running::start(
+        votes_service::build_with_pool(&votes_config, pool.clone())
+            .await
+            .expect("votes-service builds"),
+    );
+    let posts_config = posts_service::Config {
+        listen: addresses.posts,
+        ..posts_service::Config::ephemeral(auth.url(), votes.url())
+    };
+    let posts = Running::start(
+        posts_service::build_with_pool(&posts_config, pool.clone())
+            .await
+            .expect("posts-service builds"),
+    );
+    System {
+        user_client: UserServiceClient::new(channel(&auth)),
+        auth_client: AuthServiceClient::new(channel(&auth)),
+        vote_client: VoteServiceClient::new(channel(&votes)),
+        post_client: PostServiceClient::new(channel(&posts)),
+        pool,
+        auth,
+        votes,
+        posts,
+    }
+}
+
+fn channel(service: &Running) -> Channel {
+    Channel::from_shared(service.url())
+        .expect("a valid URL")
+        .connect_lazy()
+}
+
+/// `message` with the person's token as `authorization` metadata.
+pub fn as_person<T>(person: &Person, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    let value = format!("Bearer {}", person.token)
+        .parse()
+        .expect("a token is valid metadata");
+    request.metadata_mut().insert("authorization", value);
+    request
+}
+
+/// Asserts INVALID_ARGUMENT with `google.rpc.BadRequest` details naming exactly
+/// `fields`, as a generated client in any language reads them.
+pub fn assert_bad_request(status: &Status, fields: &[&str], case: &str) {
+    use tonic_types::StatusExt;
+    assert_eq!(
+        status.code(),
+        tonic::Code::InvalidArgument,
+        "{case}: {status:?}"
+    );
+    let details = status
+        .get_details_bad_request()
+        .unwrap_or_else(|| panic!("{case}: no BadRequest details"));
+    let named: Vec<&str> = details
+        .field_violations
+        .iter()
+        .map(|v| v.field.as_str())
+        .collect();
+    assert_eq!(named, fields, "{case}: fields named in BadRequest");
+}
+
+impl System {
+    /// Registers and logs in a new person.
+    pub async fn sign_up(&self, email: &str) -> Person {
+        let user = self
+            .user_client
+            .clone()
+            .create_user(auth::CreateUserRequest {
+                email: email.to_owned(),
+                password: PASSWORD.to_owned(),
+            })
+            .await
+            .expect("registration succeeds")
+            .into_inner()
+            .user
+            .expect("a user");
+        let login = self
+            .auth_client
+            .clone()
+            .login(auth::LoginRequest {
+                email: email.to_owned(),
+                password: PASSWORD.to_owned(),
+            })
+            .await
+            .expect("login succeeds")
+            .into_inner();
+        Person {
+            id: user.id,
+            email: user.email,
+            token: login.access_token,
+        }
+    }
+
+    pub async fn create_post(
+        &self,
+        who: &Person,
+        title: &str,
+        content: &str,
+        published: Option<bool>,
+    ) -> Result<posts::Post, Status> {
+        let request = posts::CreatePostRequest {
+            title: title.to_owned(),
+            content: content.to_owned(),
+            published,
+        };
+        let response = self
+            .post_client
+            .clone()
+            .create_post(as_person(who, request))
+            .await?;
+        Ok(response.into_inner().post.expect("a post"))
+    }
+
+    pub async fn get_post(&self, who: &Person, id: &str) -> Result<posts::Post, Status> {
+        let request = posts::GetPostRequest { id: id.to_owned() };
+        Ok(self
+            .post_client
+            .clone()
+            .get_post(as_person(who, request))
+            .await?
+            .into_inner()
+            .post
+            .expect("a post"))
+    }
+
+    pub async fn list_posts(
+        &self,
+        who: &Person,
+        request: posts::ListPostsRequest,
+    ) -> Result<posts::ListPostsResponse, Status> {
+        Ok(self
+            .post_client
+            .clone()
+            .list_posts(as_person(who, request))
+            .await?
+            .into_inner())
+    }
+
+    pub async fn update_post(
+        &self,
+        who: &Person,
+        request: posts::UpdatePostRequest,
+    ) -> Result<posts::Post, Status> {
+        Ok(self
+            .post_client
+            .clone()
+            .update_post(as_person(who, request))
+            .await?
+            .into_inner()
+            .post
+            .expect("a post"))
+    }
+
+    pub async fn delete_post(&self, who: &Person, id: &str) -> Result<(), Status> {
+        let request = posts::DeletePostRequest { id: id.to_owned() };
+        self.post_client
+            .clone()
+            .delete_post(as_person(who, request))
+            .await
+            .map(drop)
+    }
+
+    /// Likes (`Add`) or takes back the like of (`Remove`) a post; the new like count.
+    pub async fn vote(
+        &self,
+        who: &Person,
+        post_id: &str,
+        direction: VoteDirection,
+    ) -> Result<i64, Status> {
+        let request = votes::VoteRequest {
+            post_id: post_id.to_owned(),
+            direction: direction.into(),
+        };
+        Ok(self
+            .vote_client
+            .clone()
+            .vote(as_person(who, request))
+            .await?
+            .into_inner()
+            .like_count)
+    }
+
+    /// The number of likes stored for a post.
+    pub async fn stored_likes(&self, post_id: &str) -> i64 {
+        sqlx::query_scalar("select count(*) from votes.votes where post_id = $1::uuid")
+            .bind(post_id)
+            .fetch_one(&self.pool)
+            .await
+            .expect("count likes")
+    }
+}

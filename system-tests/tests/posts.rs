@@ -1,0 +1,880 @@
+//! posts-service through its gRPC API, wired to auth- and votes-service.
+
+use agora_proto::{
+    posts::v1::{
+        CreatePostRequest, DeletePostRequest, GetPostRequest, ListPostsRequest, Post,
+        UpdatePostRequest,
+    },
+    votes::v1::VoteDirection,
+};
+use prost_types::FieldMask;
+use sqlx::PgPool;
+use system_tests::{
+    Person, System, as_person, assert_bad_request, spawn_system, telemetry::cost_of,
+};
+use tonic::Code;
+use uuid::Uuid;
+
+fn list(page_size: i32) -> ListPostsRequest {
+    ListPostsRequest {
+        page_size,
+        ..Default::default()
+    }
+}
+
+fn titles(posts: &[Post]) -> Vec<&str> {
+    posts.iter().map(|post| post.title.as_str()).collect()
+}
+
+/// Inserts `count` published posts by `owner` straight into the table, titled
+/// "post 0", "post 1", … from oldest to newest.
+async fn insert_posts(system: &System, owner: &Person, count: i32) {
+    sqlx::query(
+        "insert into posts.posts (id, owner_id, title, content, create_time, update_time)
+         select gen_random_uuid(), $1::uuid, 'post ' || n, 'content ' || n,
+                now() - make_interval(secs => $2 - n), now() - make_interval(secs => $2 - n)
+           from generate_series(0, $2 - 1) as n",
+    )
+    .bind(&owner.id)
+    .bind(count)
+    .execute(&system.pool)
+    .await
+    .unwrap();
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn create_post_stores_it_for_the_caller(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+
+    let post = system
+        .create_post(&alice, "  Hello  ", " First post\n\twith a tab ", None)
+        .await
+        .unwrap();
+
+    assert_eq!(Uuid::parse_str(&post.id).unwrap().get_version_num(), 7);
+    assert_eq!(
+        (post.title.as_str(), post.content.as_str()),
+        ("Hello", "First post\n\twith a tab")
+    );
+    assert!(post.published, "published unless told otherwise");
+    assert_eq!(post.owner_id, alice.id);
+    let owner = post.owner.as_ref().expect("the owner is shown");
+    assert_eq!(
+        (owner.id.as_str(), owner.email.as_str()),
+        (alice.id.as_str(), "alice@example.com")
+    );
+    assert_eq!((post.like_count, post.liked_by_caller), (0, false));
+    assert_eq!(post.create_time, post.update_time);
+
+    let draft = system
+        .create_post(&alice, "Draft", "Not yet", Some(false))
+        .await
+        .unwrap();
+    assert!(!draft.published);
+    let stored: i64 = sqlx::query_scalar("select count(*) from posts.posts")
+        .fetch_one(&system.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 2);
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn create_post_rejects_bad_fields(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let cases: &[(&str, &str, &str, &str)] = &[
+        ("empty title", "", "content", "title"),
+        ("blank title", " \t ", "content", "title"),
+        (
+            "title of 201 characters",
+            &"é".repeat(201),
+            "content",
+            "title",
+        ),
+        ("newline in the title", "two\nlines", "content", "title"),
+        ("empty content", "title", "", "content"),
+        (
+            "content of 10,001 characters",
+            "title",
+            &"界".repeat(10_001),
+            "content",
+        ),
+        ("NUL in the content", "title", "a\0b", "content"),
+        ("escape in the content", "title", "\u{1b}[31mred", "content"),
+        (
+            "carriage return in the content",
+            "title",
+            "a\r\nb",
+            "content",
+        ),
+    ];
+    for (case, title, content, field) in cases {
+        let status = system
+            .create_post(&alice, title, content, None)
+            .await
+            .unwrap_err();
+        assert_bad_request(&status, &[field], case);
+    }
+    let status = system.create_post(&alice, "", "", None).await.unwrap_err();
+    assert_eq!(
+        status.message(),
+        "title: required; content: required",
+        "every bad field at once"
+    );
+
+    system
+        .create_post(&alice, &"é".repeat(200), &"界".repeat(10_000), None)
+        .await
+        .expect("the limits themselves fit");
+    let stored: i64 = sqlx::query_scalar("select count(*) from posts.posts")
+        .fetch_one(&system.pool)
+        .await
+        .unwrap();
+    assert_eq!(stored, 1, "no bad post was stored");
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn get_post_shows_owner_likes_and_the_callers_like(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let bob = system.sign_up("bob@example.com").await;
+    let post = system
+        .create_post(&alice, "Hello", "World", None)
+        .await
+        .unwrap();
+    system
+        .vote(&bob, &post.id, VoteDirection::Add)
+        .await
+        .unwrap();
+
+    let seen_by_bob = system.get_post(&bob, &post.id).await.unwrap();
+    let seen_by_alice = system.get_post(&alice, &post.id).await.unwrap();
+
+    assert_eq!(
+        (seen_by_bob.like_count, seen_by_bob.liked_by_caller),
+        (1, true)
+    );
+    assert_eq!(
+        (seen_by_alice.like_count, seen_by_alice.liked_by_caller),
+        (1, false)
+    );
+    assert_eq!(seen_by_bob.owner.unwrap().email, "alice@example.com");
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn get_post_errors_and_drafts(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let bob = system.sign_up("bob@example.com").await;
+    let draft = system
+        .create_post(&alice, "Draft", "Secret", Some(false))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        system.get_post(&alice, &draft.id).await.unwrap().title,
+        "Draft",
+        "the owner sees a draft"
+    );
+    let hidden = system.get_post(&bob, &draft.id).await.unwrap_err();
+    assert_eq!(
+        hidden.code(),
+        Code::NotFound,
+        "another person's draft does not exist for bob"
+    );
+
+    let unknown = system
+        .get_post(&bob, &Uuid::now_v7().to_string())
+        .await
+        .unwrap_err();
+    assert_eq!(unknown.code(), Code::NotFound);
+    assert_eq!(
+        unknown.message(),
+        hidden.message(),
+        "a draft and a missing post look alike"
+    );
+    for malformed in ["", "42", "not-a-uuid"] {
+        let status = system.get_post(&bob, malformed).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{malformed:?}");
+    }
+}
+
+/// `message` as `who` sends it: with their token, or with none.
+fn sent_by<T>(who: Option<&Person>, message: T) -> tonic::Request<T> {
+    match who {
+        Some(person) => as_person(person, message),
+        None => tonic::Request::new(message),
+    }
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn every_post_rpc_needs_a_valid_token(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let post = system
+        .create_post(&alice, "Hello", "World", None)
+        .await
+        .unwrap();
+    let forged = Person {
+        token: "garbage".to_owned(),
+        ..alice.clone()
+    };
+    let mut client = system.post_client.clone();
+
+    for who in [None, Some(&forged)] {
+        let id = post.id.clone();
+        let create = CreatePostRequest {
+            title: "t".into(),
+            content: "c".into(),
+            published: None,
+        };
+        let update = UpdatePostRequest {
+            id: id.clone(),
+            title: "t".into(),
+            content: "c".into(),
+            ..Default::default()
+        };
+        let outcomes = [
+            (
+                "create",
+                client.create_post(sent_by(who, create)).await.map(drop),
+            ),
+            (
+                "get",
+                client
+                    .get_post(sent_by(who, GetPostRequest { id: id.clone() }))
+                    .await
+                    .map(drop),
+            ),
+            (
+                "list",
+                client.list_posts(sent_by(who, list(10))).await.map(drop),
+            ),
+            (
+                "update",
+                client.update_post(sent_by(who, update)).await.map(drop),
+            ),
+            (
+                "delete",
+                client
+                    .delete_post(sent_by(who, DeletePostRequest { id }))
+                    .await
+                    .map(drop),
+            ),
+        ];
+        for (rpc, outcome) in outcomes {
+            let code = outcome.unwrap_err().code();
+            assert_eq!(
+                code,
+                Code::Unauthenticated,
+                "{rpc} with token {:?}",
+                who.map(|p| &p.token)
+            );
+        }
+    }
+    assert_eq!(
+        system.get_post(&alice, &post.id).await.unwrap().title,
+        "Hello",
+        "nothing changed"
+    );
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn list_posts_shows_published_posts_and_own_drafts_newest_first(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let bob = system.sign_up("bob@example.com").await;
+    system
+        .create_post(&alice, "first", "a", None)
+        .await
+        .unwrap();
+    system
+        .create_post(&bob, "bob's draft", "b", Some(false))
+        .await
+        .unwrap();
+    system
+        .create_post(&alice, "alice's draft", "c", Some(false))
+        .await
+        .unwrap();
+    let liked = system.create_post(&bob, "second", "d", None).await.unwrap();
+    system
+        .vote(&alice, &liked.id, VoteDirection::Add)
+        .await
+        .unwrap();
+
+    let for_alice = system.list_posts(&alice, list(0)).await.unwrap();
+    let for_bob = system.list_posts(&bob, list(0)).await.unwrap();
+
+    assert_eq!(
+        titles(&for_alice.posts),
+        ["second", "alice's draft", "first"]
+    );
+    assert_eq!(titles(&for_bob.posts), ["second", "bob's draft", "first"]);
+    assert_eq!(for_alice.next_page_token, "", "one page holds them all");
+    let second = &for_alice.posts[0];
+    assert_eq!((second.like_count, second.liked_by_caller), (1, true));
+    assert_eq!(second.owner.as_ref().unwrap().email, "bob@example.com");
+    assert_eq!(
+        (
+            for_bob.posts[0].like_count,
+            for_bob.posts[0].liked_by_caller
+        ),
+        (1, false)
+    );
+
+    let alices_only = ListPostsRequest {
+        owner_id: alice.id.clone(),
+        ..list(0)
+    };
+    let posts = system.list_posts(&bob, alices_only).await.unwrap().posts;
+    assert_eq!(
+        titles(&posts),
+        ["first"],
+        "filtered by owner, drafts still hidden"
+    );
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn search_matches_title_substrings_with_wildcards_taken_literally(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    for title in [
+        "100% Rust",
+        "100 percent",
+        "snake_case",
+        "snakeXcase",
+        "back\\slash",
+        "Rusty nails",
+    ] {
+        system
+            .create_post(&alice, title, "content", None)
+            .await
+            .unwrap();
+    }
+    let search = |text: &str| ListPostsRequest {
+        search: text.to_owned(),
+        ..list(0)
+    };
+
+    let cases: &[(&str, &[&str])] = &[
+        ("rust", &["Rusty nails", "100% Rust"]),
+        ("100%", &["100% Rust"]),
+        ("%", &["100% Rust"]),
+        ("_", &["snake_case"]),
+        ("snake_", &["snake_case"]),
+        ("\\", &["back\\slash"]),
+        ("nothing like it", &[]),
+    ];
+    for (text, expected) in cases {
+        let posts = system.list_posts(&alice, search(text)).await.unwrap().posts;
+        assert_eq!(titles(&posts), *expected, "search {text:?}");
+    }
+    let status = system
+        .list_posts(&alice, search(&"x".repeat(101)))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.code(),
+        Code::InvalidArgument,
+        "a search over 100 characters"
+    );
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn page_tokens_walk_to_the_end_without_gaps_or_repeats_despite_new_posts(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    insert_posts(&system, &alice, 25).await;
+
+    let mut seen = Vec::new();
+    let mut request = list(10);
+    let mut pages = 0;
+    loop {
+        let page = system.list_posts(&alice, request.clone()).await.unwrap();
+        pages += 1;
+        seen.extend(page.posts.iter().map(|post| post.title.clone()));
+        // A post written meanwhile is newer than the cursor: it must not shift the pages.
+        system
+            .create_post(&alice, &format!("new {pages}"), "meanwhile", None)
+            .await
+            .unwrap();
+        if page.next_page_token.is_empty() {
+            break;
+        }
+        request.page_token = page.next_page_token;
+    }
+
+    let expected: Vec<String> = (0..25).rev().map(|n| format!("post {n}")).collect();
+    assert_eq!(seen, expected);
+    assert_eq!(pages, 3);
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn limit_and_skip_page_like_the_course_api(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    insert_posts(&system, &alice, 25).await;
+    let page = |skip| ListPostsRequest {
+        page_size: 10,
+        skip,
+        ..Default::default()
+    };
+
+    let third = system.list_posts(&alice, page(20)).await.unwrap();
+    assert_eq!(
+        titles(&third.posts),
+        ["post 4", "post 3", "post 2", "post 1", "post 0"]
+    );
+    assert_eq!(third.next_page_token, "", "the last page");
+    let second = system.list_posts(&alice, page(10)).await.unwrap();
+    assert_eq!(second.posts.first().unwrap().title, "post 14");
+    let after_second = ListPostsRequest {
+        page_token: second.next_page_token,
+        ..list(10)
+    };
+    assert_eq!(
+        system
+            .list_posts(&alice, after_second)
+            .await
+            .unwrap()
+            .posts
+            .len(),
+        5,
+        "tokens continue an offset page"
+    );
+    assert!(
+        system
+            .list_posts(&alice, page(25))
+            .await
+            .unwrap()
+            .posts
+            .is_empty(),
+        "past the end"
+    );
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn page_sizes_default_to_10_and_cap_at_100(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    insert_posts(&system, &alice, 105).await;
+
+    assert_eq!(
+        system
+            .list_posts(&alice, list(0))
+            .await
+            .unwrap()
+            .posts
+            .len(),
+        10
+    );
+    let capped = system.list_posts(&alice, list(1000)).await.unwrap();
+    assert_eq!(capped.posts.len(), 100);
+    assert!(!capped.next_page_token.is_empty());
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn bad_paging_requests_are_invalid_arguments(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    insert_posts(&system, &alice, 3).await;
+    let token = system
+        .list_posts(&alice, list(1))
+        .await
+        .unwrap()
+        .next_page_token;
+
+    let cases = [
+        ("negative page size", list(-1)),
+        (
+            "negative skip",
+            ListPostsRequest {
+                skip: -1,
+                ..list(10)
+            },
+        ),
+        (
+            "token and skip",
+            ListPostsRequest {
+                page_token: token.clone(),
+                skip: 1,
+                ..list(1)
+            },
+        ),
+        (
+            "token of another search",
+            ListPostsRequest {
+                page_token: token.clone(),
+                search: "post".into(),
+                ..list(1)
+            },
+        ),
+        (
+            "garbage token",
+            ListPostsRequest {
+                page_token: "garbage".into(),
+                ..list(1)
+            },
+        ),
+        (
+            "malformed owner",
+            ListPostsRequest {
+                owner_id: "bob".into(),
+                ..list(1)
+            },
+        ),
+    ];
+    for (case, request) in cases {
+        let status = system.list_posts(&alice, request).await.unwrap_err();
+        assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
+    }
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn a_page_costs_the_same_few_queries_and_calls_whatever_its_size(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let others = [
+        system.sign_up("bob@example.com").await,
+        system.sign_up("carol@example.com").await,
+    ];
+    insert_posts(&system, &alice, 60).await;
+    for other in &others {
+        insert_posts(&system, other, 20).await;
+    }
+    // Warm the connections and key caches, so only the page's own work is counted.
+    system.list_posts(&alice, list(1)).await.unwrap();
+
+    let (small, small_cost) = cost_of(system.list_posts(&alice, list(2))).await;
+    let (large, large_cost) = cost_of(system.list_posts(&alice, list(100))).await;
+
+    assert_eq!(
+        (small.unwrap().posts.len(), large.unwrap().posts.len()),
+        (2, 100)
+    );
+    assert_eq!(
+        small_cost, large_cost,
+        "a page of 100 costs what a page of 2 does"
+    );
+    let rpcs = |method: &str| large_cost.rpcs.get(method).copied().unwrap_or(0);
+    assert_eq!(rpcs("/agora.posts.v1.PostService/ListPosts"), 1);
+    assert_eq!(
+        rpcs("/agora.auth.v1.UserService/BatchGetUsers"),
+        1,
+        "{large_cost:?}"
+    );
+    assert_eq!(
+        rpcs("/agora.votes.v1.VoteService/CountVotes"),
+        1,
+        "{large_cost:?}"
+    );
+    assert_eq!(large_cost.rpcs.len(), 3, "no other calls: {large_cost:?}");
+    assert_eq!(
+        large_cost.statements, 3,
+        "one query in each service: {large_cost:?}"
+    );
+}
+
+fn replace(id: &str, title: &str, content: &str, published: Option<bool>) -> UpdatePostRequest {
+    UpdatePostRequest {
+        id: id.to_owned(),
+        title: title.to_owned(),
+        content: content.to_owned(),
+        published,
+        update_mask: None,
+    }
+}
+
+fn patch(
+    id: &str,
+    paths: &[&str],
+    title: &str,
+    content: &str,
+    published: Option<bool>,
+) -> UpdatePostRequest {
+    let update_mask = Some(FieldMask {
+        paths: paths.iter().map(|path| path.to_string()).collect(),
+    });
+    UpdatePostRequest {
+        update_mask,
+        ..replace(id, title, content, published)
+    }
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn a_replace_sets_every_field_and_publishes_unless_told_otherwise(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let draft = system
+        .create_post(&alice, "Draft", "Old", Some(false))
+        .await
+        .unwrap();
+
+    let replaced = system
+        .update_post(&alice, replace(&draft.id, " New title ", "New body", None))
+        .await
+        .unwrap();
+
+    assert_eq!(
+        (
+            replaced.title.as_str(),
+            replaced.content.as_str(),
+            replaced.published
+        ),
+        ("New title", "New body", true)
+    );
+    assert_eq!(replaced.create_time, draft.create_time);
+    let time = |t: Option<prost_types::Timestamp>| t.map(|t| (t.seconds, t.nanos));
+    assert!(
+        time(replaced.update_time) > time(draft.update_time),
+        "the update time moves"
+    );
+    let hidden = system
+        .update_post(&alice, replace(&draft.id, "Again", "Body", Some(false)))
+        .await
+        .unwrap();
+    assert!(!hidden.published, "false when given");
+
+    let status = system
+        .update_post(&alice, replace(&draft.id, "", "", None))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        status.message(),
+        "title: required; content: required",
+        "a replace needs both"
+    );
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn a_patch_changes_only_the_fields_it_names(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let post = system
+        .create_post(&alice, "Title", "Body", None)
+        .await
+        .unwrap();
+
+    let retitled = system
+        .update_post(&alice, patch(&post.id, &["title"], "New title", "", None))
+        .await
+        .unwrap();
+    assert_eq!(
+        (
+            retitled.title.as_str(),
+            retitled.content.as_str(),
+            retitled.published
+        ),
+        ("New title", "Body", true)
+    );
+    let hidden = system
+        .update_post(&alice, patch(&post.id, &["published"], "", "", Some(false)))
+        .await
+        .unwrap();
+    assert_eq!(
+        (hidden.title.as_str(), hidden.published),
+        ("New title", false)
+    );
+    let both = system
+        .update_post(
+            &alice,
+            patch(
+                &post.id,
+                &["content", "published"],
+                "",
+                "Body 2",
+                Some(true),
+            ),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (both.title.as_str(), both.content.as_str(), both.published),
+        ("New title", "Body 2", true)
+    );
+
+    let cases = [
+        (
+            "unknown path",
+            patch(&post.id, &["owner_id"], "", "", None),
+            "update_mask",
+        ),
+        (
+            "empty mask",
+            patch(&post.id, &[], "", "", None),
+            "update_mask",
+        ),
+        (
+            "empty title",
+            patch(&post.id, &["title"], " ", "", None),
+            "title",
+        ),
+        (
+            "control character",
+            patch(&post.id, &["content"], "", "a\0b", None),
+            "content",
+        ),
+    ];
+    for (case, request, field) in cases {
+        let status = system.update_post(&alice, request).await.unwrap_err();
+        assert_bad_request(&status, &[field], case);
+    }
+    assert_eq!(
+        system.get_post(&alice, &post.id).await.unwrap().content,
+        "Body 2",
+        "bad patches changed nothing"
+    );
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn only_the_owner_may_change_or_delete_a_post(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let bob = system.sign_up("bob@example.com").await;
+    let post = system
+        .create_post(&alice, "Alice's", "Mine", None)
+        .await
+        .unwrap();
+    let draft = system
+        .create_post(&alice, "Alice's draft", "Mine", Some(false))
+        .await
+        .unwrap();
+    let row = |id: String| {
+        let pool = system.pool.clone();
+        async move {
+            sqlx::query_as::<_, (String, String, bool)>(
+                "select title, content, published from posts.posts where id = $1::uuid",
+            )
+            .bind(id)
+            .fetch_one(&pool)
+            .await
+            .unwrap()
+        }
+    };
+    let before = row(post.id.clone()).await;
+
+    let update = system
+        .update_post(&bob, replace(&post.id, "Bob's now", "Taken", None))
+        .await
+        .unwrap_err();
+    let patch = system
+        .update_post(&bob, patch(&post.id, &["title"], "Bob's now", "", None))
+        .await
+        .unwrap_err();
+    let delete = system.delete_post(&bob, &post.id).await.unwrap_err();
+    for (rpc, status) in [("replace", &update), ("patch", &patch), ("delete", &delete)] {
+        assert_eq!(status.code(), Code::PermissionDenied, "{rpc}: {status:?}");
+    }
+    assert_eq!(row(post.id.clone()).await, before, "the post is unchanged");
+
+    let draft_update = system
+        .update_post(&bob, replace(&draft.id, "x", "y", None))
+        .await
+        .unwrap_err();
+    let draft_delete = system.delete_post(&bob, &draft.id).await.unwrap_err();
+    assert_eq!(
+        (draft_update.code(), draft_delete.code()),
+        (Code::NotFound, Code::NotFound),
+        "a draft stays hidden"
+    );
+
+    let unknown = Uuid::now_v7().to_string();
+    assert_eq!(
+        system
+            .update_post(&alice, replace(&unknown, "x", "y", None))
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        system
+            .delete_post(&alice, &unknown)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound
+    );
+    assert_eq!(
+        system.delete_post(&alice, "nope").await.unwrap_err().code(),
+        Code::InvalidArgument
+    );
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn deleting_a_post_takes_its_likes_with_it(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let bob = system.sign_up("bob@example.com").await;
+    let post = system
+        .create_post(&alice, "Hello", "World", None)
+        .await
+        .unwrap();
+    system
+        .vote(&bob, &post.id, VoteDirection::Add)
+        .await
+        .unwrap();
+
+    system.delete_post(&alice, &post.id).await.unwrap();
+
+    assert_eq!(
+        system.get_post(&alice, &post.id).await.unwrap_err().code(),
+        Code::NotFound
+    );
+    assert_eq!(system.stored_likes(&post.id).await, 0);
+    assert_eq!(
+        system
+            .delete_post(&alice, &post.id)
+            .await
+            .unwrap_err()
+            .code(),
+        Code::NotFound,
+        "already gone"
+    );
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn a_neighbour_that_is_down_fails_the_call_fast_with_unavailable(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let post = system
+        .create_post(&alice, "Hello", "World", None)
+        .await
+        .unwrap();
+    // Keep auth- and posts-service running: dropping them would stop them too.
+    let System {
+        votes,
+        post_client,
+        auth: _auth,
+        posts: _posts,
+        ..
+    } = system;
+    let votes_address = votes.address;
+    votes.stop().await;
+
+    let request = as_person(
+        &alice,
+        GetPostRequest {
+            id: post.id.clone(),
+        },
+    );
+    let outcome = tokio::time::timeout(
+        std::time::Duration::from_secs(10),
+        post_client.clone().get_post(request),
+    )
+    .await
+    .expect("fails instead of hanging");
+
+    let status = outcome.unwrap_err();
+    assert_eq!(status.code(), Code::Unavailable, "{status:?}");
+    assert!(
+        status.message().contains("votes-service"),
+        "{}",
+        status.message()
+    );
+    assert!(
+        tokio::net::TcpStream::connect(votes_address).await.is_err(),
+        "votes-service is really down"
+    );
+}
