@@ -30,13 +30,19 @@ pub enum TokenError {
     NotYetValid,
     #[error("access token signed with an unknown key")]
     UnknownKey,
+    /// The token names a key not seen yet, and the keys cannot be fetched now.
+    #[error("cannot verify access tokens right now, try again")]
+    KeysUnavailable,
     #[error("invalid access token")]
     Invalid,
 }
 
 impl From<TokenError> for tonic::Status {
     fn from(error: TokenError) -> Self {
-        tonic::Status::unauthenticated(error.to_string())
+        match error {
+            TokenError::KeysUnavailable => tonic::Status::unavailable(error.to_string()),
+            _ => tonic::Status::unauthenticated(error.to_string()),
+        }
     }
 }
 
@@ -44,8 +50,9 @@ impl From<TokenError> for tonic::Status {
 pub struct TokenVerifier {
     source: Box<dyn KeySource>,
     keys: RwLock<HashMap<String, Arc<DecodingKey>>>,
-    /// When the keys were last fetched; the lock also makes concurrent refreshes one.
-    last_refresh: tokio::sync::Mutex<Option<Instant>>,
+    /// When the keys were last fetched, and whether that worked; the lock also
+    /// makes concurrent refreshes one.
+    last_refresh: tokio::sync::Mutex<Option<(Instant, bool)>>,
     validation: Validation,
 }
 
@@ -75,8 +82,12 @@ impl TokenVerifier {
         let key = match self.cached_key(&kid) {
             Some(key) => key,
             None => {
-                self.refresh().await;
-                self.cached_key(&kid).ok_or(TokenError::UnknownKey)?
+                let fetched = self.refresh().await;
+                match self.cached_key(&kid) {
+                    Some(key) => key,
+                    None if fetched => return Err(TokenError::UnknownKey),
+                    None => return Err(TokenError::KeysUnavailable),
+                }
             }
         };
         let claims = jsonwebtoken::decode::<Claims>(token, &key, &self.validation)
@@ -97,12 +108,6 @@ impl TokenVerifier {
         })
     }
 
-    /// Fetches the keys now, for a warm cache before the first call. A failure is
-    /// logged and retried when a token needs a key.
-    pub async fn prefetch(&self) {
-        self.refresh().await;
-    }
-
     fn cached_key(&self, kid: &str) -> Option<Arc<DecodingKey>> {
         self.keys
             .read()
@@ -111,13 +116,16 @@ impl TokenVerifier {
             .cloned()
     }
 
-    async fn refresh(&self) {
+    /// Fetches the keys unless that was tried moments ago; whether the latest
+    /// fetch worked.
+    async fn refresh(&self) -> bool {
         let mut last_refresh = self.last_refresh.lock().await;
-        if last_refresh.is_some_and(|at| at.elapsed() < MIN_REFRESH_INTERVAL) {
-            return;
+        if let Some((at, worked)) = *last_refresh
+            && at.elapsed() < MIN_REFRESH_INTERVAL
+        {
+            return worked;
         }
-        *last_refresh = Some(Instant::now());
-        match self.source.fetch().await {
+        let worked = match self.source.fetch().await {
             Ok(set) => {
                 let fresh: HashMap<_, _> = set
                     .keys
@@ -131,9 +139,15 @@ impl TokenVerifier {
                     .collect();
                 tracing::debug!(keys = fresh.len(), "token verification keys refreshed");
                 *self.keys.write().expect("key cache lock poisoned") = fresh;
+                true
             }
             // Keep the keys we have: tokens they signed stay valid while the source is down.
-            Err(error) => tracing::warn!(%error, "keeping cached token verification keys"),
-        }
+            Err(error) => {
+                tracing::warn!(%error, "keeping cached token verification keys");
+                false
+            }
+        };
+        *last_refresh = Some((Instant::now(), worked));
+        worked
     }
 }

@@ -111,7 +111,7 @@ async fn a_remote_verifier_keeps_working_while_auth_service_is_down(pool: PgPool
     let channel = Channel::from_shared(format!("http://{}", app.address))
         .unwrap()
         .connect_lazy();
-    let verifier = Arc::new(TokenVerifier::new(AuthServiceKeys::new(channel)));
+    let verifier = Arc::new(TokenVerifier::new(AuthServiceKeys::new(channel.clone())));
 
     let caller = verifier
         .verify(&token)
@@ -138,7 +138,13 @@ async fn a_remote_verifier_keeps_working_while_auth_service_is_down(pool: PgPool
     assert_eq!(
         verifier.verify(&foreign).await.unwrap_err(),
         TokenError::UnknownKey,
-        "an unknown key while the source is down"
+        "the source answered moments ago without this key"
+    );
+    let cold = TokenVerifier::new(AuthServiceKeys::new(channel));
+    assert_eq!(
+        cold.verify(&token).await.unwrap_err(),
+        TokenError::KeysUnavailable,
+        "no keys yet and none to be had: unavailable, not a forgery"
     );
 }
 
