@@ -25,3 +25,8 @@ pub mod votes {
 /// Every Agora message and service, encoded as a `FileDescriptorSet`, for
 /// `grpc.reflection`.
 pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("agora_descriptor");
+
+/// [`FILE_DESCRIPTOR_SET`], decoded.
+pub fn file_descriptor_set() -> prost_types::FileDescriptorSet {
+    prost::Message::decode(FILE_DESCRIPTOR_SET).expect("the embedded descriptor set decodes")
+}

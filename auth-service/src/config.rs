@@ -31,6 +31,10 @@ pub struct Config {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Instead of serving, ask the server at the listen address whether it is
+    /// healthy and exit 0 only if so (for container healthchecks).
+    #[arg(long)]
+    pub health_check: bool,
 }
 
 impl Config {
@@ -44,6 +48,7 @@ impl Config {
             database: DatabaseArgs::default(),
             limits: ServerLimits::default(),
             log_format: LogFormat::Text,
+            health_check: false,
         }
     }
 

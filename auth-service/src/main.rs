@@ -5,5 +5,6 @@ use clap::Parser;
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
     service_kit::telemetry::init(config.log_format);
-    service_kit::run_until_stopped("auth-service", auth_service::build(&config).await).await
+    let build = auth_service::build(&config);
+    service_kit::serve_or_check("auth-service", config.listen, config.health_check, build).await
 }

@@ -5,5 +5,6 @@ use posts_service::Config;
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
     service_kit::telemetry::init(config.log_format);
-    service_kit::run_until_stopped("posts-service", posts_service::build(&config).await).await
+    let build = posts_service::build(&config);
+    service_kit::serve_or_check("posts-service", config.listen, config.health_check, build).await
 }

@@ -13,4 +13,7 @@ pub mod telemetry;
 
 pub use config::{DatabaseArgs, LogFormat, ServerLimits, TokenKeysArgs};
 pub use error::{ApiError, ConstraintExt};
-pub use server::{GrpcServer, ServedApi, run_until_stopped, shutdown_signal};
+pub use server::{
+    GrpcServer, ServedApi, check_health, configured_server, rpc_trace_layer, serve_or_check,
+    shutdown_signal, with_grace, with_reflection,
+};

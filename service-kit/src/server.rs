@@ -2,18 +2,23 @@
 //! and v1alpha), health that follows the database, the access-token layer, one
 //! span per call, explicit limits and graceful shutdown.
 
-use std::{future::Future, io, net::SocketAddr, time::Duration};
+use std::{future::Future, io, net::SocketAddr, pin::Pin, process::ExitCode, time::Duration};
 
 use access_token::RequireTokenLayer;
+use prost_types::FileDescriptorSet;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tonic::body::Body;
 use tonic::{
     service::Routes,
     transport::{Server, server::TcpIncoming},
 };
 use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::limit::GlobalConcurrencyLimitLayer;
-use tower_http::trace::TraceLayer;
+use tower_http::{
+    classify::{GrpcErrorsAsFailures, SharedClassifier},
+    trace::{DefaultOnBodyChunk, DefaultOnEos, TraceLayer},
+};
 use tracing::Span;
 
 use crate::ServerLimits;
@@ -63,7 +68,8 @@ impl GrpcServer {
         self.run_until(shutdown_signal()).await
     }
 
-    /// Serves until `shutdown` completes, then lets calls in flight finish.
+    /// Serves until `shutdown` completes, then lets calls in flight finish (for at
+    /// most [`SHUTDOWN_GRACE`]).
     pub async fn run_until(
         self,
         shutdown: impl Future<Output = ()> + Send,
@@ -84,68 +90,136 @@ impl GrpcServer {
         health.probe().await;
         let health_probe = tokio::spawn(health.follow());
 
-        let reflection_v1 = reflection_builder(&api.service_names)
-            .build_v1()
-            .expect("the embedded descriptor sets are valid");
-        let reflection_v1alpha = reflection_builder(&api.service_names)
-            .build_v1alpha()
-            .expect("the embedded descriptor sets are valid");
+        let routes = with_reflection(
+            api.routes,
+            agora_proto::file_descriptor_set(),
+            &api.service_names,
+        )
+        .add_service(health_service);
 
-        let routes = api
-            .routes
-            .add_service(health_service)
-            .add_service(reflection_v1)
-            .add_service(reflection_v1alpha);
-
-        let result = Server::builder()
-            .timeout(limits.request_timeout())
-            .max_concurrent_streams(limits.max_concurrent_streams)
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            .tcp_keepalive(Some(Duration::from_secs(60)))
-            .layer(
-                TraceLayer::new_for_grpc()
-                    .make_span_with(|request: &http::Request<_>| {
-                        tracing::info_span!("rpc", method = %request.uri().path())
-                    })
-                    .on_request(())
-                    .on_response(|response: &http::Response<_>, latency: Duration, _: &Span| {
-                        // Errors come back trailers-only, so their status is in the headers.
-                        let code = response
-                            .headers()
-                            .get("grpc-status")
-                            .and_then(|value| value.to_str().ok())
-                            .unwrap_or("0");
-                        tracing::info!(code, latency_ms = latency.as_millis() as u64, "rpc finished");
-                    })
-                    .on_failure(()),
-            )
-            .layer(GlobalConcurrencyLimitLayer::new(limits.concurrency_limit))
-            .layer(api.token_layer)
-            .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
-            .await;
+        let serve = |shutdown| {
+            configured_server(&limits)
+                .layer(rpc_trace_layer())
+                .layer(GlobalConcurrencyLimitLayer::new(limits.concurrency_limit))
+                .layer(api.token_layer)
+                .add_routes(routes)
+                .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+        };
+        let result = with_grace(shutdown, serve).await.unwrap_or(Ok(()));
         health_probe.abort();
         result
     }
 }
 
-/// Reflection over Agora's contracts plus the health and `google.rpc` types (so
-/// clients can decode error details), listing only the services this server has.
-fn reflection_builder(
+/// `routes` plus reflection (v1, and v1alpha for grpcurl 1.8) over `descriptors`
+/// and the health and `google.rpc` types (so clients can decode error details),
+/// listing only `service_names`, health and reflection itself.
+pub fn with_reflection(
+    routes: Routes,
+    descriptors: FileDescriptorSet,
     service_names: &[&'static str],
-) -> tonic_reflection::server::Builder<'static> {
-    let mut builder = tonic_reflection::server::Builder::configure()
-        .register_encoded_file_descriptor_set(agora_proto::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
-        .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
-        .with_service_name("grpc.health.v1.Health")
-        .with_service_name("grpc.reflection.v1.ServerReflection")
-        .with_service_name("grpc.reflection.v1alpha.ServerReflection");
-    for name in service_names {
-        builder = builder.with_service_name(*name);
+) -> Routes {
+    let builder = || {
+        let mut builder = tonic_reflection::server::Builder::configure()
+            .register_file_descriptor_set(descriptors.clone())
+            .register_encoded_file_descriptor_set(tonic_health::pb::FILE_DESCRIPTOR_SET)
+            .register_encoded_file_descriptor_set(tonic_types::pb::FILE_DESCRIPTOR_SET)
+            .with_service_name("grpc.health.v1.Health")
+            .with_service_name("grpc.reflection.v1.ServerReflection")
+            .with_service_name("grpc.reflection.v1alpha.ServerReflection");
+        for name in service_names {
+            builder = builder.with_service_name(*name);
+        }
+        builder
+    };
+    let invalid = "the descriptor sets are valid";
+    routes
+        .add_service(builder().build_v1().expect(invalid))
+        .add_service(builder().build_v1alpha().expect(invalid))
+}
+
+/// How long calls in flight may take to finish once a server is told to stop;
+/// open streams (a health watch, say) would otherwise hold it up for ever.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// Runs `serve`, which stops taking calls when the future it is given completes;
+/// after `shutdown`, waits at most [`SHUTDOWN_GRACE`] for it to finish. `None`
+/// when the grace ran out and the calls still open were dropped.
+pub async fn with_grace<S, T>(
+    shutdown: impl Future<Output = ()> + Send,
+    serve: impl FnOnce(Pin<Box<dyn Future<Output = ()> + Send>>) -> S,
+) -> Option<T>
+where
+    S: Future<Output = T>,
+{
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let signal = async move {
+        shutdown.await;
+        let _ = stop.send(true);
+        // Keep the sender alive until the grace is over.
+        tokio::time::sleep(SHUTDOWN_GRACE).await;
+    };
+    let serving = serve(Box::pin(async move {
+        let mut stopped = stopped;
+        let _ = stopped.wait_for(|stopped| *stopped).await;
+    }));
+    tokio::pin!(serving, signal);
+    tokio::select! {
+        result = &mut serving => Some(result),
+        () = &mut signal => {
+            tracing::warn!(grace_secs = SHUTDOWN_GRACE.as_secs(), "calls still open after the shutdown grace; closing them");
+            None
+        }
     }
-    builder
+}
+
+/// A tonic server with the limits every Agora server applies; layers and routes
+/// are the caller's.
+pub fn configured_server(limits: &ServerLimits) -> Server {
+    Server::builder()
+        .timeout(limits.request_timeout())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .tcp_keepalive(Some(Duration::from_secs(60)))
+}
+
+/// The tracing layer of every Agora server: one `rpc` span per call, and one line
+/// when it ends, with the gRPC status code and the latency.
+pub type RpcTraceLayer = TraceLayer<
+    SharedClassifier<GrpcErrorsAsFailures>,
+    fn(&http::Request<Body>) -> Span,
+    (),
+    fn(&http::Response<Body>, Duration, &Span),
+    DefaultOnBodyChunk,
+    DefaultOnEos,
+    (),
+>;
+
+pub fn rpc_trace_layer() -> RpcTraceLayer {
+    TraceLayer::new_for_grpc()
+        .make_span_with(rpc_span as fn(&http::Request<Body>) -> Span)
+        .on_request(())
+        .on_response(log_rpc_end as fn(&http::Response<Body>, Duration, &Span))
+        .on_failure(())
+}
+
+fn rpc_span(request: &http::Request<Body>) -> Span {
+    tracing::info_span!("rpc", method = %request.uri().path())
+}
+
+fn log_rpc_end(response: &http::Response<Body>, latency: Duration, _: &Span) {
+    // Errors come back trailers-only, so their status is in the headers.
+    let code = response
+        .headers()
+        .get("grpc-status")
+        .and_then(|value| value.to_str().ok())
+        .unwrap_or("0");
+    tracing::info!(
+        code,
+        latency_ms = latency.as_millis() as u64,
+        "rpc finished"
+    );
 }
 
 /// Keeps health in step with the database: SERVING while a trivial query answers.
@@ -206,25 +280,73 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down; letting calls in flight finish");
 }
 
-/// The end of every service's `main`: serve until stopped, or say in one log line
-/// why the service could not start. The exit code tells a supervisor which.
-pub async fn run_until_stopped(
+/// The end of every service's `main`. With `health_check`, asks the server already
+/// running at `listen` whether it is SERVING (for container healthchecks) and exits
+/// 0 only if so. Otherwise builds the server and serves until stopped, or says in
+/// one log line why it could not start. The exit code tells a supervisor which.
+pub async fn serve_or_check<E: std::fmt::Display>(
     name: &str,
-    server: Result<GrpcServer, impl std::fmt::Display>,
-) -> std::process::ExitCode {
-    let server = match server {
+    listen: SocketAddr,
+    health_check: bool,
+    build: impl Future<Output = Result<GrpcServer, E>>,
+) -> ExitCode {
+    if health_check {
+        return check_health(listen).await;
+    }
+    let server = match build.await {
         Ok(server) => server,
         Err(error) => {
             tracing::error!(%error, "{name} cannot start");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
     tracing::info!(address = %server.local_addr(), "{name} listening");
     match server.run_until_stopped().await {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "{name} stopped with an error");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Asks the gRPC server listening on `listen` for its overall health.
+pub async fn check_health(listen: SocketAddr) -> ExitCode {
+    // A server bound to every interface answers on loopback.
+    let target = match listen.ip() {
+        ip if ip.is_unspecified() && ip.is_ipv4() => {
+            SocketAddr::from(([127, 0, 0, 1], listen.port()))
+        }
+        ip if ip.is_unspecified() => {
+            SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, listen.port()))
+        }
+        _ => listen,
+    };
+    let status = async {
+        let channel = crate::client::lazy_channel(&format!("http://{target}"))?;
+        let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+        let response = health
+            .check(tonic_health::pb::HealthCheckRequest {
+                service: String::new(),
+            })
+            .await?;
+        Ok::<_, Box<dyn std::error::Error>>(response.into_inner().status())
+    };
+    match tokio::time::timeout(HEALTH_PROBE_TIMEOUT, status).await {
+        Ok(Ok(tonic_health::pb::health_check_response::ServingStatus::Serving)) => {
+            ExitCode::SUCCESS
+        }
+        Ok(Ok(status)) => {
+            eprintln!("{target}: {}", status.as_str_name());
+            ExitCode::FAILURE
+        }
+        Ok(Err(error)) => {
+            eprintln!("{target}: {error}");
+            ExitCode::FAILURE
+        }
+        Err(_) => {
+            eprintln!("{target}: no answer in time");
+            ExitCode::FAILURE
         }
     }
 }

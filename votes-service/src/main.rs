@@ -5,5 +5,6 @@ use votes_service::Config;
 async fn main() -> std::process::ExitCode {
     let config = Config::parse();
     service_kit::telemetry::init(config.log_format);
-    service_kit::run_until_stopped("votes-service", votes_service::build(&config).await).await
+    let build = votes_service::build(&config);
+    service_kit::serve_or_check("votes-service", config.listen, config.health_check, build).await
 }

@@ -1,0 +1,11 @@
+//! The `votes-service` binary itself. The whole system's binaries are driven end to end
+//! in `gateway/tests/e2e.rs`.
+
+#[tokio::test]
+async fn health_check_fails_when_nothing_listens() {
+    system_tests::process::assert_health_check_fails_when_nothing_listens(
+        "votes-service",
+        "VOTES_LISTEN_ADDR",
+    )
+    .await;
+}
