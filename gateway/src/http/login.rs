@@ -1,0 +1,76 @@
+//! `POST /login`: an OAuth2 password form exchanged for an access token through
+//! auth-service's AuthService.
+
+use agora_proto::auth::v1 as auth;
+use axum::{Json, extract::State, http::StatusCode};
+use serde::{Deserialize, Serialize};
+use tonic::Code;
+use utoipa::ToSchema;
+
+use super::{
+    Facade,
+    errors::{ErrorBody, HttpError},
+    extract::FormBody,
+};
+
+const UPSTREAM: &str = "auth-service";
+
+/// The fields of FastAPI's `OAuth2PasswordRequestForm` that matter; the others
+/// (`grant_type`, `scope`, `client_id`, `client_secret`) are accepted and ignored.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct LoginForm {
+    /// The email address.
+    #[schema(example = "alice@example.com")]
+    pub username: String,
+    #[schema(format = "password")]
+    pub password: String,
+}
+
+/// An access token, as OAuth2's token endpoint answers.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Token {
+    /// Send as `Authorization: Bearer <access_token>`.
+    pub access_token: String,
+    /// Always `bearer`.
+    #[schema(example = "bearer")]
+    pub token_type: String,
+}
+
+/// Log in with email and password for an access token.
+#[utoipa::path(
+    post,
+    path = "/login",
+    operation_id = "login",
+    tag = "Authentication",
+    request_body(content = LoginForm, content_type = "application/x-www-form-urlencoded"),
+    responses(
+        (status = 200, description = "Logged in", body = Token),
+        (status = 403, description = "Unknown email or wrong password", body = ErrorBody,
+            example = json!({"detail": "Invalid Credentials"})),
+        (status = 422, description = "A missing or empty field", body = ErrorBody),
+    ),
+)]
+pub async fn login(
+    State(facade): State<Facade>,
+    FormBody(form): FormBody<LoginForm>,
+) -> Result<Json<Token>, HttpError> {
+    let request = auth::LoginRequest {
+        email: form.username,
+        password: form.password,
+    };
+    let response = facade
+        .upstreams
+        .auth()
+        .login(request)
+        .await
+        .map_err(|status| match status.code() {
+            // The course answers bad credentials with 403, not 401.
+            Code::Unauthenticated => HttpError::new(StatusCode::FORBIDDEN, "Invalid Credentials"),
+            _ => HttpError::from_status(UPSTREAM, &status),
+        })?
+        .into_inner();
+    Ok(Json(Token {
+        access_token: response.access_token,
+        token_type: response.token_type,
+    }))
+}

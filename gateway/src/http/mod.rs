@@ -1,0 +1,80 @@
+//! The course API's HTTP/JSON facade: the FastAPI course app's routes, bodies and
+//! status codes, translated onto the gRPC services through [`Upstreams`].
+//!
+//! Nothing here decides anything the services decide (validation, ownership,
+//! visibility): the facade only reads the request, checks the access token so a
+//! request without one gets 401 before its body is read, calls the service with the
+//! token as `authorization` metadata, and writes the answer in the course's shape.
+//! `errors.rs` holds the status mapping.
+
+mod errors;
+mod extract;
+mod login;
+mod openapi;
+mod posts;
+mod users;
+mod votes;
+
+use std::sync::Arc;
+
+use access_token::TokenVerifier;
+use axum::{
+    Router,
+    extract::DefaultBodyLimit,
+    routing::{MethodRouter, get, post},
+};
+
+use crate::upstreams::Upstreams;
+
+/// The largest request body read; larger ones get 413. A post is at most 10,000
+/// characters, so this leaves room for any valid request.
+pub const MAX_BODY_BYTES: usize = 64 * 1024;
+
+/// What every handler needs.
+#[derive(Clone)]
+pub(crate) struct Facade {
+    upstreams: Upstreams,
+    verifier: Arc<TokenVerifier>,
+}
+
+/// The facade's routes, each with and without its trailing slash, plus
+/// `/openapi.json` and `/docs`.
+pub fn router(upstreams: Upstreams, verifier: Arc<TokenVerifier>) -> Router {
+    let routes = [
+        ("/users", post(users::create)),
+        ("/users/{id}", get(users::get)),
+        ("/login", post(login::login)),
+        ("/posts", get(posts::list).post(posts::create)),
+        (
+            "/posts/{id}",
+            get(posts::get)
+                .put(posts::replace)
+                .patch(posts::patch)
+                .delete(posts::delete),
+        ),
+        ("/vote", post(votes::vote)),
+    ];
+    routes
+        .into_iter()
+        .fold(Router::new(), with_and_without_slash)
+        .route("/openapi.json", get(openapi::document))
+        .route("/docs", get(openapi::docs))
+        .fallback(errors::not_found)
+        .method_not_allowed_fallback(errors::method_not_allowed)
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(Facade {
+            upstreams,
+            verifier,
+        })
+}
+
+/// FastAPI redirects between `/posts` and `/posts/`; a redirect loses the body of a
+/// POST in some clients, so both forms are served directly instead.
+fn with_and_without_slash(
+    router: Router<Facade>,
+    (path, methods): (&str, MethodRouter<Facade>),
+) -> Router<Facade> {
+    router
+        .route(path, methods.clone())
+        .route(&format!("{path}/"), methods)
+}

@@ -1,0 +1,351 @@
+//! `/posts/` and `/posts/{id}`: list, read, create, replace, patch and delete,
+//! onto posts-service's PostService, in the course's JSON shapes.
+
+use agora_proto::posts::v1 as posts;
+use axum::{Json, extract::State, http::StatusCode};
+use prost_types::FieldMask;
+use serde::{Deserialize, Serialize};
+use utoipa::{IntoParams, ToSchema};
+
+use super::{
+    Facade,
+    errors::{ErrorBody, HttpError},
+    extract::{Bearer, JsonBody, PathId, Query, present},
+    users::{UserOut, rfc3339},
+};
+
+const UPSTREAM: &str = "posts-service";
+
+/// A post as the course shows it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PostOut {
+    #[schema(format = "uuid")]
+    pub id: String,
+    pub title: String,
+    pub content: String,
+    /// False for a draft, which only its owner can see.
+    pub published: bool,
+    #[schema(format = "date-time")]
+    pub created_at: String,
+    #[schema(format = "uuid")]
+    pub owner_id: String,
+    pub owner: UserOut,
+}
+
+/// A post and its like count, as the course's `GET /posts/` answers (note the
+/// capital `Post`).
+#[derive(Debug, Serialize, ToSchema)]
+pub struct PostWithVotes {
+    #[serde(rename = "Post")]
+    pub post: PostOut,
+    pub votes: i64,
+}
+
+impl PostOut {
+    fn from_proto(post: Option<posts::Post>) -> Result<Self, HttpError> {
+        Ok(Self::with_votes(post)?.post)
+    }
+
+    fn with_votes(post: Option<posts::Post>) -> Result<PostWithVotes, HttpError> {
+        let post = post.ok_or_else(|| HttpError::incomplete_answer(UPSTREAM, "a post"))?;
+        let out = PostOut {
+            created_at: rfc3339(UPSTREAM, post.create_time)?,
+            owner: UserOut::from_proto(UPSTREAM, post.owner)?,
+            id: post.id,
+            title: post.title,
+            content: post.content,
+            published: post.published,
+            owner_id: post.owner_id,
+        };
+        Ok(PostWithVotes {
+            post: out,
+            votes: post.like_count,
+        })
+    }
+}
+
+/// The body of `POST /posts/` and `PUT /posts/{id}`. Other fields, such as an `id`
+/// or `owner_id`, are ignored: the id comes from the path, the owner from the token.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PostCreate {
+    #[schema(example = "Hello, Agora")]
+    pub title: String,
+    #[schema(example = "My first post.")]
+    pub content: String,
+    /// Whether others can see the post.
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = bool, default = true)]
+    pub published: Option<bool>,
+}
+
+/// The body of `PATCH /posts/{id}`: the fields to change, at least one.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct PostPatch {
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String)]
+    pub title: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = String)]
+    pub content: Option<String>,
+    #[serde(default, deserialize_with = "present")]
+    #[schema(value_type = bool)]
+    pub published: Option<bool>,
+}
+
+/// The course's paging and search.
+#[derive(Debug, Deserialize, IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(default)]
+pub struct ListParams {
+    /// How many posts to return (at most 100; 0 returns none).
+    #[param(default = 10, minimum = 0)]
+    pub limit: i32,
+    /// How many posts to pass over first.
+    #[param(default = 0, minimum = 0)]
+    pub skip: i32,
+    /// Only posts whose title contains this, ignoring case.
+    #[param(default = "")]
+    pub search: String,
+}
+
+impl Default for ListParams {
+    fn default() -> Self {
+        Self {
+            limit: 10,
+            skip: 0,
+            search: String::new(),
+        }
+    }
+}
+
+fn upstream_error(status: tonic::Status) -> HttpError {
+    HttpError::from_status(UPSTREAM, &status)
+}
+
+/// List published posts and your drafts, newest first, with like counts.
+#[utoipa::path(
+    get,
+    path = "/posts/",
+    operation_id = "list_posts",
+    tag = "Posts",
+    params(ListParams),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "A page of posts", body = [PostWithVotes]),
+        (status = 401, description = "No valid access token", body = ErrorBody),
+        (status = 422, description = "A negative limit or skip, or a search over 100 characters", body = ErrorBody),
+    ),
+)]
+pub async fn list(
+    bearer: Bearer,
+    State(facade): State<Facade>,
+    Query(params): Query<ListParams>,
+) -> Result<Json<Vec<PostWithVotes>>, HttpError> {
+    // The course's `limit=0` is an empty page; to the gRPC API 0 means the default.
+    if params.limit == 0 {
+        return Ok(Json(Vec::new()));
+    }
+    let request = posts::ListPostsRequest {
+        page_size: params.limit,
+        skip: params.skip,
+        search: params.search,
+        ..Default::default()
+    };
+    let response = facade
+        .upstreams
+        .posts()
+        .list_posts(bearer.request(request))
+        .await
+        .map_err(upstream_error)?;
+    let page = response
+        .into_inner()
+        .posts
+        .into_iter()
+        .map(|post| PostOut::with_votes(Some(post)))
+        .collect::<Result<_, _>>()?;
+    Ok(Json(page))
+}
+
+/// Read one post with its like count.
+#[utoipa::path(
+    get,
+    path = "/posts/{id}",
+    operation_id = "get_post",
+    tag = "Posts",
+    params(("id" = String, Path, format = Uuid, description = "The post's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The post", body = PostWithVotes),
+        (status = 401, description = "No valid access token", body = ErrorBody),
+        (status = 404, description = "No such post, or another person's draft", body = ErrorBody),
+        (status = 422, description = "The id is not a UUID", body = ErrorBody),
+    ),
+)]
+pub async fn get(
+    bearer: Bearer,
+    State(facade): State<Facade>,
+    PathId(id): PathId,
+) -> Result<Json<PostWithVotes>, HttpError> {
+    let response = facade
+        .upstreams
+        .posts()
+        .get_post(bearer.request(posts::GetPostRequest { id }))
+        .await
+        .map_err(upstream_error)?;
+    Ok(Json(PostOut::with_votes(response.into_inner().post)?))
+}
+
+/// Write a post; you are its owner.
+#[utoipa::path(
+    post,
+    path = "/posts/",
+    operation_id = "create_post",
+    tag = "Posts",
+    request_body = PostCreate,
+    security(("bearer" = [])),
+    responses(
+        (status = 201, description = "Created", body = PostOut),
+        (status = 401, description = "No valid access token", body = ErrorBody),
+        (status = 422, description = "Malformed body, or an empty or too long title or content", body = ErrorBody),
+    ),
+)]
+pub async fn create(
+    bearer: Bearer,
+    State(facade): State<Facade>,
+    JsonBody(body): JsonBody<PostCreate>,
+) -> Result<(StatusCode, Json<PostOut>), HttpError> {
+    let request = posts::CreatePostRequest {
+        title: body.title,
+        content: body.content,
+        published: body.published,
+    };
+    let response = facade
+        .upstreams
+        .posts()
+        .create_post(bearer.request(request))
+        .await
+        .map_err(upstream_error)?;
+    let post = PostOut::from_proto(response.into_inner().post)?;
+    Ok((StatusCode::CREATED, Json(post)))
+}
+
+/// Replace a post's title, content and visibility (published unless `false`).
+#[utoipa::path(
+    put,
+    path = "/posts/{id}",
+    operation_id = "replace_post",
+    tag = "Posts",
+    params(("id" = String, Path, format = Uuid, description = "The post's id")),
+    request_body = PostCreate,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The post as stored", body = PostOut),
+        (status = 401, description = "No valid access token", body = ErrorBody),
+        (status = 403, description = "Not your post", body = ErrorBody),
+        (status = 404, description = "No such post", body = ErrorBody),
+        (status = 422, description = "Malformed id or body, or an empty or too long title or content", body = ErrorBody),
+    ),
+)]
+pub async fn replace(
+    bearer: Bearer,
+    State(facade): State<Facade>,
+    PathId(id): PathId,
+    JsonBody(body): JsonBody<PostCreate>,
+) -> Result<Json<PostOut>, HttpError> {
+    // No update mask: the service replaces the post.
+    let request = posts::UpdatePostRequest {
+        id,
+        title: body.title,
+        content: body.content,
+        published: body.published,
+        update_mask: None,
+    };
+    update(&facade, &bearer, request).await
+}
+
+/// Change only the fields given.
+#[utoipa::path(
+    patch,
+    path = "/posts/{id}",
+    operation_id = "update_post",
+    tag = "Posts",
+    params(("id" = String, Path, format = Uuid, description = "The post's id")),
+    request_body = PostPatch,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The post as stored", body = PostOut),
+        (status = 401, description = "No valid access token", body = ErrorBody),
+        (status = 403, description = "Not your post", body = ErrorBody),
+        (status = 404, description = "No such post", body = ErrorBody),
+        (status = 422, description = "Malformed id or body, no field given, or an empty or too long title or content", body = ErrorBody),
+    ),
+)]
+pub async fn patch(
+    bearer: Bearer,
+    State(facade): State<Facade>,
+    PathId(id): PathId,
+    JsonBody(body): JsonBody<PostPatch>,
+) -> Result<Json<PostOut>, HttpError> {
+    // The mask names exactly the fields present; an empty one is the service's to refuse.
+    let paths = [
+        ("title", body.title.is_some()),
+        ("content", body.content.is_some()),
+        ("published", body.published.is_some()),
+    ]
+    .into_iter()
+    .filter(|(_, given)| *given)
+    .map(|(path, _)| path.to_owned())
+    .collect();
+    let request = posts::UpdatePostRequest {
+        id,
+        title: body.title.unwrap_or_default(),
+        content: body.content.unwrap_or_default(),
+        published: body.published,
+        update_mask: Some(FieldMask { paths }),
+    };
+    update(&facade, &bearer, request).await
+}
+
+async fn update(
+    facade: &Facade,
+    bearer: &Bearer,
+    request: posts::UpdatePostRequest,
+) -> Result<Json<PostOut>, HttpError> {
+    let response = facade
+        .upstreams
+        .posts()
+        .update_post(bearer.request(request))
+        .await
+        .map_err(upstream_error)?;
+    Ok(Json(PostOut::from_proto(response.into_inner().post)?))
+}
+
+/// Delete a post and its likes.
+#[utoipa::path(
+    delete,
+    path = "/posts/{id}",
+    operation_id = "delete_post",
+    tag = "Posts",
+    params(("id" = String, Path, format = Uuid, description = "The post's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 204, description = "Deleted"),
+        (status = 401, description = "No valid access token", body = ErrorBody),
+        (status = 403, description = "Not your post", body = ErrorBody),
+        (status = 404, description = "No such post", body = ErrorBody),
+        (status = 422, description = "The id is not a UUID", body = ErrorBody),
+    ),
+)]
+pub async fn delete(
+    bearer: Bearer,
+    State(facade): State<Facade>,
+    PathId(id): PathId,
+) -> Result<StatusCode, HttpError> {
+    facade
+        .upstreams
+        .posts()
+        .delete_post(bearer.request(posts::DeletePostRequest { id }))
+        .await
+        .map_err(upstream_error)?;
+    Ok(StatusCode::NO_CONTENT)
+}

@@ -1,0 +1,116 @@
+//! `POST /users/` (registration) and `GET /users/{id}`, onto auth-service's
+//! UserService; also the user JSON shape that posts embed as their owner.
+
+use agora_proto::auth::v1 as auth;
+use axum::{Json, extract::State, http::StatusCode};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::{
+    Facade,
+    errors::{ErrorBody, HttpError},
+    extract::{Bearer, JsonBody, PathId},
+};
+
+pub const UPSTREAM: &str = "auth-service";
+
+/// The body of `POST /users/`.
+#[derive(Debug, Deserialize, ToSchema)]
+pub struct UserCreate {
+    #[schema(format = "email", example = "alice@example.com")]
+    pub email: String,
+    /// 8 to 128 characters.
+    #[schema(format = "password", example = "correct horse battery")]
+    pub password: String,
+}
+
+/// A registered user. Never carries the password.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct UserOut {
+    #[schema(format = "uuid")]
+    pub id: String,
+    pub email: String,
+    #[schema(format = "date-time")]
+    pub created_at: String,
+}
+
+impl UserOut {
+    pub fn from_proto(upstream: &str, user: Option<auth::User>) -> Result<Self, HttpError> {
+        let user = user.ok_or_else(|| HttpError::incomplete_answer(upstream, "a user"))?;
+        Ok(Self {
+            created_at: rfc3339(upstream, user.create_time)?,
+            id: user.id,
+            email: user.email,
+        })
+    }
+}
+
+/// A protobuf timestamp in RFC 3339 (`2026-11-26T22:01:00.123456Z`).
+pub fn rfc3339(upstream: &str, time: Option<prost_types::Timestamp>) -> Result<String, HttpError> {
+    time.map(|time| time.to_string())
+        .ok_or_else(|| HttpError::incomplete_answer(upstream, "a timestamp"))
+}
+
+/// Register a user.
+#[utoipa::path(
+    post,
+    path = "/users/",
+    operation_id = "create_user",
+    tag = "Users",
+    request_body = UserCreate,
+    responses(
+        (status = 201, description = "Registered", body = UserOut),
+        (status = 409, description = "The email is taken", body = ErrorBody),
+        (status = 422, description = "Malformed body, invalid email, or a password outside 8 to 128 characters", body = ErrorBody),
+    ),
+)]
+pub async fn create(
+    State(facade): State<Facade>,
+    JsonBody(body): JsonBody<UserCreate>,
+) -> Result<(StatusCode, Json<UserOut>), HttpError> {
+    let request = auth::CreateUserRequest {
+        email: body.email,
+        password: body.password,
+    };
+    let response = facade
+        .upstreams
+        .users()
+        .create_user(request)
+        .await
+        .map_err(|status| HttpError::from_status(UPSTREAM, &status))?;
+    let user = UserOut::from_proto(UPSTREAM, response.into_inner().user)?;
+    Ok((StatusCode::CREATED, Json(user)))
+}
+
+/// Look a user up. Needs a token, unlike the course, which showed any user's email
+/// to anyone.
+#[utoipa::path(
+    get,
+    path = "/users/{id}",
+    operation_id = "get_user",
+    tag = "Users",
+    params(("id" = String, Path, format = Uuid, description = "The user's id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The user", body = UserOut),
+        (status = 401, description = "No valid access token", body = ErrorBody),
+        (status = 404, description = "No such user", body = ErrorBody),
+        (status = 422, description = "The id is not a UUID", body = ErrorBody),
+    ),
+)]
+pub async fn get(
+    bearer: Bearer,
+    State(facade): State<Facade>,
+    PathId(id): PathId,
+) -> Result<Json<UserOut>, HttpError> {
+    let response = facade
+        .upstreams
+        .users()
+        .get_user(bearer.request(auth::GetUserRequest { id }))
+        .await
+        .map_err(|status| HttpError::from_status(UPSTREAM, &status))?;
+    Ok(Json(UserOut::from_proto(
+        UPSTREAM,
+        response.into_inner().user,
+    )?))
+}

@@ -1,0 +1,1043 @@
+//! The gateway's HTTP/JSON facade, driven as the FastAPI course's clients drive the
+//! course app: same paths, bodies, JSON shapes and status codes, with UUID ids.
+
+use reqwest::{Client, Method, RequestBuilder, Response, StatusCode, header};
+use serde_json::{Value, json};
+use sqlx::PgPool;
+use system_tests::{PASSWORD, System, spawn_system};
+use uuid::Uuid;
+
+/// The keys of a post object, as the course shows it.
+const POST_KEYS: [&str; 7] = [
+    "content",
+    "created_at",
+    "id",
+    "owner",
+    "owner_id",
+    "published",
+    "title",
+];
+const USER_KEYS: [&str; 3] = ["created_at", "email", "id"];
+
+/// A client of the facade, which runs on a free port in front of a [`System`].
+struct Facade {
+    base: String,
+    client: Client,
+}
+
+/// A person registered and logged in through the facade.
+struct Person {
+    id: String,
+    token: String,
+}
+
+/// Serves the facade (`gateway::http::router` with a verifier fetching keys from
+/// auth-service, under `axum::serve`) in front of a fresh system, through the
+/// gateway's own start-up with upstream URLs.
+async fn spawn_facade(pool: PgPool) -> (System, Facade) {
+    let system = spawn_system(pool).await;
+    let config = gateway::Config {
+        auth_service_url: Some(system.auth.url()),
+        posts_service_url: Some(system.posts.url()),
+        votes_service_url: Some(system.votes.url()),
+        ..gateway::Config::ephemeral()
+    };
+    let gateway = gateway::build(&config).await.expect("the gateway starts");
+    let base = format!("http://{}", gateway.http_addr());
+    tokio::spawn(gateway.run_until(std::future::pending()));
+    let facade = Facade {
+        base,
+        client: Client::new(),
+    };
+    (system, facade)
+}
+
+impl Facade {
+    fn request(&self, method: Method, path: &str) -> RequestBuilder {
+        self.client.request(method, format!("{}{path}", self.base))
+    }
+
+    fn as_person(&self, person: &Person, method: Method, path: &str) -> RequestBuilder {
+        self.request(method, path).bearer_auth(&person.token)
+    }
+
+    async fn register(&self, email: &str) -> Value {
+        let response = self
+            .request(Method::POST, "/users/")
+            .json(&json!({"email": email, "password": PASSWORD}))
+            .send()
+            .await
+            .unwrap();
+        expect(response, StatusCode::CREATED).await
+    }
+
+    async fn sign_up(&self, email: &str) -> Person {
+        let user = self.register(email).await;
+        let response = self
+            .request(Method::POST, "/login")
+            .form(&[("username", email), ("password", PASSWORD)])
+            .send()
+            .await
+            .unwrap();
+        let token = expect(response, StatusCode::OK).await;
+        Person {
+            id: user["id"].as_str().unwrap().to_owned(),
+            token: token["access_token"].as_str().unwrap().to_owned(),
+        }
+    }
+
+    async fn create_post(&self, person: &Person, body: Value) -> Value {
+        let response = self
+            .as_person(person, Method::POST, "/posts/")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        expect(response, StatusCode::CREATED).await
+    }
+}
+
+/// The JSON body of a response with status `status`.
+async fn expect(response: Response, status: StatusCode) -> Value {
+    let (actual, url) = (response.status(), response.url().clone());
+    let text = response.text().await.unwrap();
+    assert_eq!(actual, status, "{url}: {text}");
+    serde_json::from_str(&text).unwrap_or_else(|error| panic!("{url}: not JSON ({error}): {text}"))
+}
+
+/// Asserts an error answer: `status` and `{"detail": <a string>}`; the detail.
+async fn expect_error(response: Response, status: StatusCode) -> String {
+    let challenge = response.headers().get(header::WWW_AUTHENTICATE).cloned();
+    let body = expect(response, status).await;
+    assert_eq!(keys(&body), ["detail"], "{body}");
+    if status == StatusCode::UNAUTHORIZED {
+        assert_eq!(
+            challenge.unwrap(),
+            "Bearer",
+            "a 401 challenges for a bearer token"
+        );
+    }
+    body["detail"]
+        .as_str()
+        .expect("the detail is a string")
+        .to_owned()
+}
+
+fn keys(value: &Value) -> Vec<&str> {
+    let mut keys: Vec<&str> = value
+        .as_object()
+        .unwrap_or_else(|| panic!("not an object: {value}"))
+        .keys()
+        .map(String::as_str)
+        .collect();
+    keys.sort_unstable();
+    keys
+}
+
+/// Asserts the course's post shape, owned by `owner`.
+fn assert_post(post: &Value, owner: &Person, email: &str) {
+    assert_eq!(keys(post), POST_KEYS, "{post}");
+    assert_eq!(keys(&post["owner"]), USER_KEYS, "{post}");
+    assert_eq!(post["owner_id"], owner.id.as_str());
+    assert_eq!(post["owner"]["id"], owner.id.as_str());
+    assert_eq!(post["owner"]["email"], email);
+    Uuid::parse_str(post["id"].as_str().unwrap()).expect("the id is a UUID");
+    assert_rfc3339(&post["created_at"]);
+    assert_rfc3339(&post["owner"]["created_at"]);
+}
+
+fn assert_rfc3339(value: &Value) {
+    let text = value
+        .as_str()
+        .unwrap_or_else(|| panic!("not a string: {value}"));
+    let shaped = text.len() >= 20
+        && text.as_bytes()[4] == b'-'
+        && text.as_bytes()[10] == b'T'
+        && (text.ends_with('Z') || text[19..].contains(['+', '-']));
+    assert!(shaped, "not RFC 3339: {text}");
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn users_register_and_are_looked_up_with_a_token(pool: PgPool) {
+    let (_system, facade) = spawn_facade(pool).await;
+
+    let alice = facade.register("alice@example.com").await;
+    assert_eq!(keys(&alice), USER_KEYS);
+    assert_eq!(alice["email"], "alice@example.com");
+    assert_rfc3339(&alice["created_at"]);
+    let alice_id = alice["id"].as_str().unwrap();
+    Uuid::parse_str(alice_id).expect("the id is a UUID");
+
+    // Without the trailing slash too; unknown fields are ignored.
+    let response = facade
+        .request(Method::POST, "/users")
+        .json(&json!({"email": "bob@example.com", "password": PASSWORD, "id": alice_id}))
+        .send()
+        .await
+        .unwrap();
+    let bob = expect(response, StatusCode::CREATED).await;
+    assert_ne!(bob["id"], alice["id"], "a body cannot choose the id");
+
+    let duplicate = facade
+        .request(Method::POST, "/users/")
+        .json(&json!({"email": "ALICE@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(duplicate, StatusCode::CONFLICT).await;
+
+    let invalid_bodies = [
+        (
+            "invalid email",
+            json!({"email": "nope", "password": PASSWORD}),
+        ),
+        (
+            "short password",
+            json!({"email": "carol@example.com", "password": "short"}),
+        ),
+        ("missing password", json!({"email": "carol@example.com"})),
+        ("wrong type", json!({"email": 7, "password": PASSWORD})),
+        ("not an object", json!(["carol@example.com", PASSWORD])),
+    ];
+    for (case, body) in invalid_bodies {
+        let response = facade
+            .request(Method::POST, "/users/")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let detail = expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert!(!detail.is_empty(), "{case}");
+    }
+    let malformed = facade
+        .request(Method::POST, "/users/")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body("{\"email\": ")
+        .send()
+        .await
+        .unwrap();
+    expect_error(malformed, StatusCode::UNPROCESSABLE_ENTITY).await;
+
+    // Looking a user up needs a token, unlike in the course.
+    let path = format!("/users/{alice_id}");
+    let anonymous = facade.request(Method::GET, &path).send().await.unwrap();
+    expect_error(anonymous, StatusCode::UNAUTHORIZED).await;
+
+    let carol = facade.sign_up("carol@example.com").await;
+    for path in [format!("/users/{alice_id}"), format!("/users/{alice_id}/")] {
+        let response = facade
+            .as_person(&carol, Method::GET, &path)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(expect(response, StatusCode::OK).await, alice, "{path}");
+    }
+    let unknown = facade
+        .as_person(&carol, Method::GET, &format!("/users/{}", Uuid::now_v7()))
+        .send()
+        .await
+        .unwrap();
+    expect_error(unknown, StatusCode::NOT_FOUND).await;
+    let malformed_id = facade
+        .as_person(&carol, Method::GET, "/users/42")
+        .send()
+        .await
+        .unwrap();
+    expect_error(malformed_id, StatusCode::UNPROCESSABLE_ENTITY).await;
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn login_takes_an_oauth2_password_form(pool: PgPool) {
+    let (_system, facade) = spawn_facade(pool).await;
+    let alice = facade.register("alice@example.com").await;
+
+    for path in ["/login", "/login/"] {
+        let response = facade
+            .request(Method::POST, path)
+            // Case does not matter; the form's other OAuth2 fields are ignored.
+            .form(&[
+                ("grant_type", "password"),
+                ("username", "Alice@Example.com"),
+                ("password", PASSWORD),
+                ("scope", ""),
+            ])
+            .send()
+            .await
+            .unwrap();
+        let token = expect(response, StatusCode::OK).await;
+        assert_eq!(keys(&token), ["access_token", "token_type"]);
+        assert_eq!(token["token_type"], "bearer");
+
+        // The token works.
+        let me = facade
+            .request(
+                Method::GET,
+                &format!("/users/{}", alice["id"].as_str().unwrap()),
+            )
+            .bearer_auth(token["access_token"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        expect(me, StatusCode::OK).await;
+    }
+
+    for (username, password) in [
+        ("alice@example.com", "wrong password"),
+        ("nobody@example.com", PASSWORD),
+    ] {
+        let response = facade
+            .request(Method::POST, "/login")
+            .form(&[("username", username), ("password", password)])
+            .send()
+            .await
+            .unwrap();
+        let detail = expect_error(response, StatusCode::FORBIDDEN).await;
+        assert_eq!(detail, "Invalid Credentials");
+    }
+
+    let missing_password = facade
+        .request(Method::POST, "/login")
+        .form(&[("username", "alice@example.com")])
+        .send()
+        .await
+        .unwrap();
+    expect_error(missing_password, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let empty_password = facade
+        .request(Method::POST, "/login")
+        .form(&[("username", "alice@example.com"), ("password", "")])
+        .send()
+        .await
+        .unwrap();
+    expect_error(empty_password, StatusCode::UNPROCESSABLE_ENTITY).await;
+    // JSON is not a form, as in FastAPI.
+    let json_body = facade
+        .request(Method::POST, "/login")
+        .json(&json!({"username": "alice@example.com", "password": PASSWORD}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(json_body, StatusCode::UNPROCESSABLE_ENTITY).await;
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn posts_are_created_and_read_in_the_course_shapes(pool: PgPool) {
+    let (_system, facade) = spawn_facade(pool).await;
+    let alice = facade.sign_up("alice@example.com").await;
+    let bob = facade.sign_up("bob@example.com").await;
+
+    let post = facade
+        .create_post(
+            &alice,
+            json!({"title": "Hello", "content": "First post", "owner_id": bob.id, "id": "x"}),
+        )
+        .await;
+    assert_post(&post, &alice, "alice@example.com");
+    assert_eq!(
+        (&post["title"], &post["content"], &post["published"]),
+        (&json!("Hello"), &json!("First post"), &json!(true)),
+        "published unless told otherwise"
+    );
+    let id = post["id"].as_str().unwrap();
+    assert_ne!(id, "x", "a body cannot choose the id");
+
+    // Without the trailing slash too.
+    let response = facade
+        .as_person(&alice, Method::POST, "/posts")
+        .json(&json!({"title": "Draft", "content": "Not yet", "published": false}))
+        .send()
+        .await
+        .unwrap();
+    let draft = expect(response, StatusCode::CREATED).await;
+    assert_post(&draft, &alice, "alice@example.com");
+    assert_eq!(draft["published"], false);
+
+    for path in [format!("/posts/{id}"), format!("/posts/{id}/")] {
+        let response = facade
+            .as_person(&bob, Method::GET, &path)
+            .send()
+            .await
+            .unwrap();
+        let shown = expect(response, StatusCode::OK).await;
+        assert_eq!(keys(&shown), ["Post", "votes"], "{path}");
+        assert_eq!(shown["Post"], post, "{path}");
+        assert_eq!(shown["votes"], 0, "{path}");
+    }
+    // Another person's draft does not exist for Bob; neither does an unknown post.
+    for id in [
+        draft["id"].as_str().unwrap().to_owned(),
+        Uuid::now_v7().to_string(),
+    ] {
+        let response = facade
+            .as_person(&bob, Method::GET, &format!("/posts/{id}"))
+            .send()
+            .await
+            .unwrap();
+        expect_error(response, StatusCode::NOT_FOUND).await;
+    }
+    let malformed = facade
+        .as_person(&bob, Method::GET, "/posts/1")
+        .send()
+        .await
+        .unwrap();
+    expect_error(malformed, StatusCode::UNPROCESSABLE_ENTITY).await;
+
+    // Bob sees the published post, Alice also her draft, newest first.
+    for (person, expected) in [(&bob, vec!["Hello"]), (&alice, vec!["Draft", "Hello"])] {
+        for path in ["/posts/", "/posts"] {
+            let response = facade
+                .as_person(person, Method::GET, path)
+                .send()
+                .await
+                .unwrap();
+            let page = expect(response, StatusCode::OK).await;
+            let entries = page.as_array().expect("a list");
+            for entry in entries {
+                assert_eq!(keys(entry), ["Post", "votes"]);
+                assert_post(&entry["Post"], &alice, "alice@example.com");
+            }
+            let titles: Vec<&str> = entries
+                .iter()
+                .map(|entry| entry["Post"]["title"].as_str().unwrap())
+                .collect();
+            assert_eq!(titles, expected, "{path}");
+        }
+    }
+
+    // FastAPI reads a body without a content type as JSON, and refuses other types.
+    let untyped = facade
+        .as_person(&alice, Method::POST, "/posts/")
+        .body(r#"{"title": "Untyped", "content": "JSON all the same"}"#)
+        .send()
+        .await
+        .unwrap();
+    expect(untyped, StatusCode::CREATED).await;
+    let text = facade
+        .as_person(&alice, Method::POST, "/posts/")
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(r#"{"title": "Text", "content": "Not JSON by its type"}"#)
+        .send()
+        .await
+        .unwrap();
+    expect_error(text, StatusCode::UNPROCESSABLE_ENTITY).await;
+
+    let bad_bodies = [
+        json!({"title": "No content"}),
+        json!({"title": "", "content": "Empty title"}),
+        json!({"title": "Null", "content": "x", "published": null}),
+        json!({"title": "Typed", "content": "x", "published": "yes"}),
+    ];
+    for body in bad_bodies {
+        let response = facade
+            .as_person(&alice, Method::POST, "/posts/")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    }
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn listing_pages_with_limit_and_skip_and_searches(pool: PgPool) {
+    let (_system, facade) = spawn_facade(pool).await;
+    let alice = facade.sign_up("alice@example.com").await;
+    for title in ["Rust one", "Python two", "Rust three", "Go four"] {
+        facade
+            .create_post(&alice, json!({"title": title, "content": "text"}))
+            .await;
+    }
+    let titles = |page: Value| -> Vec<String> {
+        page.as_array()
+            .unwrap()
+            .iter()
+            .map(|entry| entry["Post"]["title"].as_str().unwrap().to_owned())
+            .collect()
+    };
+    let cases = [
+        (
+            "/posts/",
+            vec!["Go four", "Rust three", "Python two", "Rust one"],
+        ),
+        ("/posts/?limit=2", vec!["Go four", "Rust three"]),
+        ("/posts/?limit=2&skip=1", vec!["Rust three", "Python two"]),
+        ("/posts?skip=3", vec!["Rust one"]),
+        ("/posts/?search=rust", vec!["Rust three", "Rust one"]),
+        ("/posts/?search=rust&limit=1&skip=1", vec!["Rust one"]),
+        ("/posts/?search=java", vec![]),
+    ];
+    for (path, expected) in cases {
+        let response = facade
+            .as_person(&alice, Method::GET, path)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            titles(expect(response, StatusCode::OK).await),
+            expected,
+            "{path}"
+        );
+    }
+    for path in ["/posts/?limit=abc", "/posts/?limit=-1", "/posts/?skip=-1"] {
+        let response = facade
+            .as_person(&alice, Method::GET, path)
+            .send()
+            .await
+            .unwrap();
+        expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    }
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn put_replaces_a_post_and_ignores_ids_in_the_body(pool: PgPool) {
+    let (_system, facade) = spawn_facade(pool).await;
+    let alice = facade.sign_up("alice@example.com").await;
+    let bob = facade.sign_up("bob@example.com").await;
+    let draft = facade
+        .create_post(
+            &alice,
+            json!({"title": "Draft", "content": "Old", "published": false}),
+        )
+        .await;
+    let other = facade
+        .create_post(&alice, json!({"title": "Other", "content": "Stays"}))
+        .await;
+    let id = draft["id"].as_str().unwrap();
+
+    // The course's clients send the whole post back, `id` included.
+    for path in [format!("/posts/{id}"), format!("/posts/{id}/")] {
+        let response = facade
+            .as_person(&alice, Method::PUT, &path)
+            .json(&json!({
+                "id": other["id"],
+                "owner_id": bob.id,
+                "owner": {"id": bob.id},
+                "title": "New",
+                "content": "Replaced",
+            }))
+            .send()
+            .await
+            .unwrap();
+        let replaced = expect(response, StatusCode::OK).await;
+        assert_post(&replaced, &alice, "alice@example.com");
+        assert_eq!(replaced["id"], id, "the id comes from the path");
+        assert_eq!(
+            (
+                &replaced["title"],
+                &replaced["content"],
+                &replaced["published"]
+            ),
+            (&json!("New"), &json!("Replaced"), &json!(true)),
+            "a replace without `published` publishes"
+        );
+        assert_eq!(replaced["created_at"], draft["created_at"]);
+    }
+    let response = facade
+        .as_person(
+            &alice,
+            Method::GET,
+            &format!("/posts/{}", other["id"].as_str().unwrap()),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        expect(response, StatusCode::OK).await["Post"],
+        other,
+        "the other post is untouched"
+    );
+
+    let response = facade
+        .as_person(&alice, Method::PUT, &format!("/posts/{id}"))
+        .json(&json!({"title": "Hidden", "content": "Again", "published": false}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(expect(response, StatusCode::OK).await["published"], false);
+
+    let missing_content = facade
+        .as_person(&alice, Method::PUT, &format!("/posts/{id}"))
+        .json(&json!({"title": "Only a title"}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(missing_content, StatusCode::UNPROCESSABLE_ENTITY).await;
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn patch_changes_only_the_fields_given(pool: PgPool) {
+    let (_system, facade) = spawn_facade(pool).await;
+    let alice = facade.sign_up("alice@example.com").await;
+    let post = facade
+        .create_post(&alice, json!({"title": "Title", "content": "Content"}))
+        .await;
+    let path = format!("/posts/{}", post["id"].as_str().unwrap());
+
+    let patch = |body: Value| {
+        facade
+            .as_person(&alice, Method::PATCH, &path)
+            .json(&body)
+            .send()
+    };
+    let changed = expect(
+        patch(json!({"title": "New title"})).await.unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_post(&changed, &alice, "alice@example.com");
+    assert_eq!(
+        (
+            &changed["title"],
+            &changed["content"],
+            &changed["published"]
+        ),
+        (&json!("New title"), &json!("Content"), &json!(true))
+    );
+    let changed = expect(
+        patch(json!({"published": false, "id": "ignored"}))
+            .await
+            .unwrap(),
+        StatusCode::OK,
+    )
+    .await;
+    assert_eq!(
+        (
+            &changed["title"],
+            &changed["content"],
+            &changed["published"],
+            &changed["id"]
+        ),
+        (
+            &json!("New title"),
+            &json!("Content"),
+            &json!(false),
+            &post["id"]
+        )
+    );
+    let response = facade
+        .as_person(&alice, Method::PATCH, &format!("{path}/"))
+        .json(&json!({"content": "New content", "published": true}))
+        .send()
+        .await
+        .unwrap();
+    let changed = expect(response, StatusCode::OK).await;
+    assert_eq!(
+        (
+            &changed["title"],
+            &changed["content"],
+            &changed["published"]
+        ),
+        (&json!("New title"), &json!("New content"), &json!(true))
+    );
+
+    for body in [
+        json!({}),
+        json!({"id": "only unknown fields"}),
+        json!({"title": null}),
+        json!({"title": ""}),
+        json!({"published": "no"}),
+    ] {
+        let response = patch(body.clone()).await.unwrap();
+        let detail = expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert!(!detail.is_empty(), "{body}");
+    }
+    let response = facade
+        .as_person(&alice, Method::GET, &path)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        expect(response, StatusCode::OK).await["Post"],
+        changed,
+        "refused patches change nothing"
+    );
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn only_the_owner_changes_or_deletes_a_post(pool: PgPool) {
+    let (_system, facade) = spawn_facade(pool).await;
+    let alice = facade.sign_up("alice@example.com").await;
+    let bob = facade.sign_up("bob@example.com").await;
+    let post = facade
+        .create_post(&alice, json!({"title": "Mine", "content": "Hands off"}))
+        .await;
+    let path = format!("/posts/{}", post["id"].as_str().unwrap());
+    let body = json!({"title": "Bob's now", "content": "Taken"});
+
+    for method in [Method::PUT, Method::PATCH, Method::DELETE] {
+        let response = facade
+            .as_person(&bob, method.clone(), &path)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        expect_error(response, StatusCode::FORBIDDEN).await;
+
+        let unknown = format!("/posts/{}", Uuid::now_v7());
+        let response = facade
+            .as_person(&alice, method.clone(), &unknown)
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        expect_error(response, StatusCode::NOT_FOUND).await;
+
+        let response = facade
+            .as_person(&alice, method.clone(), "/posts/not-a-uuid")
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    }
+
+    let response = facade
+        .as_person(&alice, Method::GET, &path)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        expect(response, StatusCode::OK).await["Post"],
+        post,
+        "unchanged"
+    );
+
+    let deleted = facade
+        .as_person(&alice, Method::DELETE, &format!("{path}/"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
+    assert_eq!(
+        deleted.bytes().await.unwrap().len(),
+        0,
+        "204 has an empty body"
+    );
+
+    let response = facade
+        .as_person(&alice, Method::GET, &path)
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, StatusCode::NOT_FOUND).await;
+    let response = facade
+        .as_person(&alice, Method::DELETE, &path)
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, StatusCode::NOT_FOUND).await;
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn the_token_is_checked_before_the_body(pool: PgPool) {
+    let (_system, facade) = spawn_facade(pool).await;
+    let alice = facade.sign_up("alice@example.com").await;
+    let post = facade
+        .create_post(&alice, json!({"title": "Title", "content": "Content"}))
+        .await;
+    let post_path = format!("/posts/{}", post["id"].as_str().unwrap());
+    let routes = [
+        (Method::GET, "/posts/".to_owned()),
+        (Method::POST, "/posts/".to_owned()),
+        (Method::GET, post_path.clone()),
+        (Method::PUT, post_path.clone()),
+        (Method::PATCH, post_path.clone()),
+        (Method::DELETE, post_path.clone()),
+        (Method::POST, "/vote/".to_owned()),
+        (Method::GET, format!("/users/{}", alice.id)),
+    ];
+    for (method, path) in routes {
+        // Neither token nor body: 401, not 422.
+        let response = facade.request(method.clone(), &path).send().await.unwrap();
+        let detail = expect_error(response, StatusCode::UNAUTHORIZED).await;
+        assert_eq!(detail, "missing access token", "{method} {path}");
+
+        // A malformed body does not matter without a valid token either.
+        for authorization in ["Bearer not-a-jwt", "Basic YWxpY2U6c2VjcmV0", "Bearer "] {
+            let response = facade
+                .request(method.clone(), &path)
+                .header(header::AUTHORIZATION, authorization)
+                .header(header::CONTENT_TYPE, "application/json")
+                .body("{not json")
+                .send()
+                .await
+                .unwrap();
+            expect_error(response, StatusCode::UNAUTHORIZED).await;
+        }
+    }
+
+    // A token the services did not sign.
+    let mut forged = alice.token.clone().into_bytes();
+    let inside_signature = alice.token.rfind('.').unwrap() + 5;
+    forged[inside_signature] = if forged[inside_signature] == b'A' {
+        b'B'
+    } else {
+        b'A'
+    };
+    let forged = String::from_utf8(forged).unwrap();
+    let response = facade
+        .request(Method::GET, "/posts/")
+        .bearer_auth(&forged)
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, StatusCode::UNAUTHORIZED).await;
+
+    // With a valid token, the malformed body is what is wrong.
+    let response = facade
+        .as_person(&alice, Method::POST, "/posts/")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn votes_like_and_unlike(pool: PgPool) {
+    let (system, facade) = spawn_facade(pool).await;
+    let alice = facade.sign_up("alice@example.com").await;
+    let bob = facade.sign_up("bob@example.com").await;
+    let post = facade
+        .create_post(&alice, json!({"title": "Like me", "content": "Please"}))
+        .await;
+    let post_id = post["id"].as_str().unwrap();
+    let vote = |person: &Person, path: &str, body: Value| {
+        facade
+            .as_person(person, Method::POST, path)
+            .json(&body)
+            .send()
+    };
+    let votes_of_post = || async {
+        let response = facade
+            .as_person(&alice, Method::GET, &format!("/posts/{post_id}"))
+            .send()
+            .await
+            .unwrap();
+        expect(response, StatusCode::OK).await["votes"].clone()
+    };
+
+    let response = vote(&bob, "/vote/", json!({"post_id": post_id, "dir": 1}))
+        .await
+        .unwrap();
+    assert_eq!(
+        expect(response, StatusCode::CREATED).await,
+        json!({"message": "successfully added vote"})
+    );
+    let response = vote(&alice, "/vote", json!({"post_id": post_id, "dir": 1}))
+        .await
+        .unwrap();
+    expect(response, StatusCode::CREATED).await;
+    assert_eq!(votes_of_post().await, 2);
+    assert_eq!(system.stored_likes(post_id).await, 2);
+
+    let response = vote(&bob, "/vote/", json!({"post_id": post_id, "dir": 1}))
+        .await
+        .unwrap();
+    expect_error(response, StatusCode::CONFLICT).await;
+
+    let response = vote(&bob, "/vote/", json!({"post_id": post_id, "dir": 0}))
+        .await
+        .unwrap();
+    assert_eq!(
+        expect(response, StatusCode::CREATED).await,
+        json!({"message": "successfully deleted vote"})
+    );
+    assert_eq!(votes_of_post().await, 1);
+    let response = vote(&bob, "/vote/", json!({"post_id": post_id, "dir": 0}))
+        .await
+        .unwrap();
+    expect_error(response, StatusCode::NOT_FOUND).await;
+
+    let unknown = Uuid::now_v7().to_string();
+    let response = vote(&bob, "/vote/", json!({"post_id": unknown, "dir": 1}))
+        .await
+        .unwrap();
+    expect_error(response, StatusCode::NOT_FOUND).await;
+
+    for body in [
+        json!({"post_id": post_id, "dir": 2}),
+        json!({"post_id": post_id, "dir": -1}),
+        json!({"post_id": post_id, "dir": "x"}),
+        json!({"post_id": post_id, "dir": 1.5}),
+        json!({"post_id": post_id}),
+        json!({"dir": 1}),
+        json!({"post_id": "42", "dir": 1}),
+        json!({"post_id": 42, "dir": 1}),
+    ] {
+        let response = vote(&bob, "/vote/", body.clone()).await.unwrap();
+        let detail = expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+        assert!(!detail.is_empty(), "{body}");
+    }
+    assert_eq!(
+        system.stored_likes(post_id).await,
+        1,
+        "refused votes change nothing"
+    );
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn openapi_document_and_docs_page(pool: PgPool) {
+    let (_system, facade) = spawn_facade(pool).await;
+
+    let response = facade
+        .request(Method::GET, "/openapi.json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
+    let document = expect(response, StatusCode::OK).await;
+    assert!(document["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = &document["paths"];
+    let operations = [
+        ("/users/", "post"),
+        ("/users/{id}", "get"),
+        ("/login", "post"),
+        ("/posts/", "get"),
+        ("/posts/", "post"),
+        ("/posts/{id}", "get"),
+        ("/posts/{id}", "put"),
+        ("/posts/{id}", "patch"),
+        ("/posts/{id}", "delete"),
+        ("/vote/", "post"),
+    ];
+    for (path, method) in operations {
+        let operation = &paths[path][method];
+        assert!(operation.is_object(), "{method} {path} is described");
+        assert!(
+            operation["responses"].is_object(),
+            "{method} {path} responses"
+        );
+        let protected = !matches!(path, "/users/" | "/login");
+        assert_eq!(
+            operation["security"] == json!([{"bearer": []}]),
+            protected,
+            "{method} {path} security"
+        );
+        if matches!(method, "post" | "put" | "patch") {
+            assert!(
+                operation["requestBody"]["content"].is_object(),
+                "{method} {path} body"
+            );
+        }
+    }
+    let mut operation_ids: Vec<&str> = paths
+        .as_object()
+        .unwrap()
+        .values()
+        .flat_map(|item| item.as_object().unwrap().values())
+        .filter_map(|operation| operation["operationId"].as_str())
+        .collect();
+    assert_eq!(operation_ids.len(), operations.len(), "no other operations");
+    operation_ids.sort_unstable();
+    operation_ids.dedup();
+    assert_eq!(
+        operation_ids.len(),
+        operations.len(),
+        "operation ids are unique"
+    );
+    assert!(
+        paths["/login"]["post"]["requestBody"]["content"]["application/x-www-form-urlencoded"]
+            .is_object()
+    );
+    assert_eq!(
+        paths["/posts/"]["post"]["responses"]["201"]["content"]["application/json"]["schema"]["$ref"],
+        "#/components/schemas/PostOut"
+    );
+    assert_eq!(
+        document["components"]["securitySchemes"]["bearer"],
+        json!({"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "The `access_token` from `POST /login`"})
+    );
+
+    let response = facade.request(Method::GET, "/docs").send().await.unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let content_type = response.headers()[header::CONTENT_TYPE]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    assert!(content_type.starts_with("text/html"), "{content_type}");
+    let page = response.text().await.unwrap();
+    assert!(page.contains("SwaggerUIBundle") && page.contains("/openapi.json"));
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn unknown_routes_and_oversized_bodies(pool: PgPool) {
+    let (_system, facade) = spawn_facade(pool).await;
+    let alice = facade.sign_up("alice@example.com").await;
+
+    let response = facade
+        .request(Method::GET, "/nothing-here")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        expect_error(response, StatusCode::NOT_FOUND).await,
+        "Not Found"
+    );
+    let response = facade
+        .request(Method::DELETE, "/users/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        expect_error(response, StatusCode::METHOD_NOT_ALLOWED).await,
+        "Method Not Allowed"
+    );
+
+    let huge = "x".repeat(100 * 1024);
+    let response = facade
+        .as_person(&alice, Method::POST, "/posts/")
+        .json(&json!({"title": "Huge", "content": huge}))
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, StatusCode::PAYLOAD_TOO_LARGE).await;
+    let response = facade
+        .request(Method::POST, "/login")
+        .form(&[
+            ("username", "alice@example.com"),
+            ("password", huge.as_str()),
+        ])
+        .send()
+        .await
+        .unwrap();
+    expect_error(response, StatusCode::PAYLOAD_TOO_LARGE).await;
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn an_upstream_that_is_down_is_503(pool: PgPool) {
+    let (system, facade) = spawn_facade(pool).await;
+    let alice = facade.sign_up("alice@example.com").await;
+    let post = facade
+        .create_post(&alice, json!({"title": "Title", "content": "Content"}))
+        .await;
+    let post_id = post["id"].as_str().unwrap();
+
+    // votes-service down: posts-service cannot count likes, and says so.
+    system.votes.stop().await;
+    let response = facade
+        .as_person(&alice, Method::GET, "/posts/")
+        .send()
+        .await
+        .unwrap();
+    let detail = expect_error(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(detail, "votes-service unavailable, try again");
+    // The facade cannot reach it itself either.
+    let response = facade
+        .as_person(&alice, Method::POST, "/vote/")
+        .json(&json!({"post_id": post_id, "dir": 1}))
+        .send()
+        .await
+        .unwrap();
+    let detail = expect_error(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(detail, "votes-service unavailable, try again");
+
+    system.posts.stop().await;
+    let response = facade
+        .as_person(&alice, Method::GET, &format!("/posts/{post_id}"))
+        .send()
+        .await
+        .unwrap();
+    let detail = expect_error(response, StatusCode::SERVICE_UNAVAILABLE).await;
+    assert_eq!(detail, "posts-service unavailable, try again");
+}
