@@ -1,0 +1,98 @@
+//! The gateway's settings, as flags or environment variables.
+
+use std::{net::SocketAddr, path::PathBuf};
+
+use service_kit::{DatabaseArgs, LogFormat, ServerLimits};
+
+use crate::upstreams::UpstreamUrls;
+
+/// Agora's gateway: the one public endpoint. Without upstream URLs it runs auth-,
+/// posts- and votes-service itself, on the database of DATABASE_URL.
+#[derive(Debug, Clone, clap::Parser)]
+#[command(version, about)]
+pub struct Config {
+    /// Address to serve gRPC and gRPC-Web on.
+    #[arg(long, env = "GATEWAY_GRPC_ADDR", default_value = "127.0.0.1:50051")]
+    pub grpc_listen: SocketAddr,
+    /// Address to serve the HTTP/JSON API on.
+    #[arg(long, env = "GATEWAY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
+    pub http_listen: SocketAddr,
+    /// auth-service; give all three upstream URLs or none.
+    #[arg(long, env = "AUTH_SERVICE_URL", requires_all = ["posts_service_url", "votes_service_url"])]
+    pub auth_service_url: Option<String>,
+    /// posts-service; give all three upstream URLs or none.
+    #[arg(long, env = "POSTS_SERVICE_URL", requires_all = ["auth_service_url", "votes_service_url"])]
+    pub posts_service_url: Option<String>,
+    /// votes-service; give all three upstream URLs or none.
+    #[arg(long, env = "VOTES_SERVICE_URL", requires_all = ["auth_service_url", "posts_service_url"])]
+    pub votes_service_url: Option<String>,
+    /// A JWK Set to verify tokens with, instead of asking auth-service.
+    #[arg(long, env = "JWKS_FILE")]
+    pub jwks_file: Option<PathBuf>,
+    /// Origins allowed to call from a browser (gRPC-Web and HTTP); `*` for any.
+    #[arg(
+        long,
+        env = "CORS_ALLOWED_ORIGINS",
+        value_delimiter = ',',
+        default_value = "*"
+    )]
+    pub cors_allowed_origins: Vec<String>,
+    /// With the services embedded: the Ed25519 key that signs tokens (see auth-service).
+    #[arg(long, env = "SIGNING_KEY_FILE")]
+    pub signing_key_file: Option<PathBuf>,
+    /// With the services embedded: access token lifetime in seconds.
+    #[arg(long, env = "TOKEN_TTL_SECS", default_value_t = 1800,
+          value_parser = clap::value_parser!(u64).range(60..=3600))]
+    pub token_ttl_secs: u64,
+    /// With the services embedded: the database they share.
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub limits: ServerLimits,
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Instead of serving, ask the gateway at the gRPC address whether it is
+    /// healthy and exit 0 only if so (for container healthchecks).
+    #[arg(long)]
+    pub health_check: bool,
+}
+
+impl Config {
+    /// The upstreams, when the gateway fronts services running elsewhere; `None`
+    /// when it runs them itself.
+    pub fn upstream_urls(&self) -> Option<UpstreamUrls> {
+        match (
+            &self.auth_service_url,
+            &self.posts_service_url,
+            &self.votes_service_url,
+        ) {
+            (Some(auth), Some(posts), Some(votes)) => Some(UpstreamUrls {
+                auth: auth.clone(),
+                posts: posts.clone(),
+                votes: votes.clone(),
+            }),
+            _ => None,
+        }
+    }
+
+    /// The defaults, on free loopback ports, embedding the services.
+    pub fn ephemeral() -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            grpc_listen: any,
+            http_listen: any,
+            auth_service_url: None,
+            posts_service_url: None,
+            votes_service_url: None,
+            jwks_file: None,
+            cors_allowed_origins: vec!["*".to_owned()],
+            signing_key_file: None,
+            token_ttl_secs: 1800,
+            database: DatabaseArgs::default(),
+            limits: ServerLimits::default(),
+            log_format: LogFormat::Text,
+            health_check: false,
+        }
+    }
+}

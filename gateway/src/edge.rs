@@ -1,0 +1,293 @@
+//! The gRPC edge: every public method on one port, forwarded to the service that
+//! owns it as an HTTP/2 stream (metadata, deadlines, status and error details pass
+//! through untouched, since nothing is decoded); gRPC-Web for browsers;
+//! reflection over the public API; health for the gateway and each upstream.
+
+use std::{
+    convert::Infallible,
+    future::Future,
+    pin::Pin,
+    sync::Arc,
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use access_token::{PublicMethods, RequireTokenLayer, TokenVerifier};
+use http::{HeaderName, HeaderValue};
+use prost_types::FileDescriptorSet;
+use service_kit::{ServerLimits, configured_server, rpc_trace_layer, with_reflection};
+use tokio::net::TcpListener;
+use tonic::{
+    Status,
+    service::Routes,
+    transport::{Channel, server::TcpIncoming},
+};
+use tonic_health::{
+    ServingStatus,
+    pb::{HealthCheckRequest, health_check_response, health_client::HealthClient},
+    server::HealthReporter,
+};
+use tower::{Service, ServiceExt, limit::GlobalConcurrencyLimitLayer};
+use tower_http::cors::{AllowOrigin, CorsLayer};
+
+use crate::upstreams::Upstreams;
+
+/// Which service owns a method.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Owner {
+    Auth,
+    Posts,
+    Votes,
+}
+
+/// Every method served at the edge. Internal ones (batch look-ups, counts, key
+/// publication, token verification) are absent, so they answer UNIMPLEMENTED here.
+const PUBLIC_METHODS: &[(&str, Owner)] = &[
+    ("/agora.auth.v1.UserService/CreateUser", Owner::Auth),
+    ("/agora.auth.v1.UserService/GetUser", Owner::Auth),
+    ("/agora.auth.v1.AuthService/Login", Owner::Auth),
+    ("/agora.posts.v1.PostService/CreatePost", Owner::Posts),
+    ("/agora.posts.v1.PostService/GetPost", Owner::Posts),
+    ("/agora.posts.v1.PostService/ListPosts", Owner::Posts),
+    ("/agora.posts.v1.PostService/UpdatePost", Owner::Posts),
+    ("/agora.posts.v1.PostService/DeletePost", Owner::Posts),
+    ("/agora.votes.v1.VoteService/Vote", Owner::Votes),
+];
+
+/// The public services, and which upstream answers for their health.
+const PUBLIC_SERVICES: &[(&str, Owner)] = &[
+    ("agora.auth.v1.UserService", Owner::Auth),
+    ("agora.auth.v1.AuthService", Owner::Auth),
+    ("agora.posts.v1.PostService", Owner::Posts),
+    ("agora.votes.v1.VoteService", Owner::Votes),
+];
+
+const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(5);
+const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// What the edge needs to serve.
+pub struct Edge {
+    pub upstreams: Upstreams,
+    pub verifier: Arc<TokenVerifier>,
+    pub limits: ServerLimits,
+    pub cors_allowed_origins: Vec<String>,
+}
+
+impl Edge {
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: impl Future<Output = ()> + Send,
+    ) -> Result<(), tonic::transport::Error> {
+        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let mut followers = tokio::task::JoinSet::new();
+        for owner in [Owner::Auth, Owner::Posts, Owner::Votes] {
+            let mut health =
+                UpstreamHealth::new(self.upstreams.channel(owner), owner, reporter.clone());
+            // The first answer comes before serving, so health never says "unknown service".
+            health.probe().await;
+            followers.spawn(health.follow());
+        }
+
+        let mut router = axum::Router::new();
+        for (path, owner) in PUBLIC_METHODS {
+            let forward = Forward {
+                channel: self.upstreams.channel(*owner),
+                upstream: owner.name(),
+            };
+            router = router.route_service(path, forward);
+        }
+        let router = router.fallback(|| async {
+            Status::unimplemented("no such public method").into_http::<axum::body::Body>()
+        });
+        let names: Vec<&'static str> = PUBLIC_SERVICES.iter().map(|(name, _)| *name).collect();
+        let routes = with_reflection(Routes::from(router), public_descriptors(), &names)
+            .add_service(health_service);
+
+        // Anyone may register and log in; every other method needs a token, checked
+        // here as well as by the owning service.
+        let public = PublicMethods::infrastructure()
+            .with("/agora.auth.v1.UserService/CreateUser")
+            .with("/agora.auth.v1.AuthService/Login");
+        let result = configured_server(&self.limits)
+            .accept_http1(true)
+            .layer(cors(&self.cors_allowed_origins))
+            .layer(tonic_web::GrpcWebLayer::new())
+            .layer(rpc_trace_layer())
+            .layer(GlobalConcurrencyLimitLayer::new(
+                self.limits.concurrency_limit,
+            ))
+            .layer(RequireTokenLayer::new(self.verifier, public))
+            .add_routes(routes)
+            .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+            .await;
+        followers.abort_all();
+        result
+    }
+}
+
+impl Owner {
+    fn name(self) -> &'static str {
+        match self {
+            Owner::Auth => "auth-service",
+            Owner::Posts => "posts-service",
+            Owner::Votes => "votes-service",
+        }
+    }
+}
+
+impl Upstreams {
+    fn channel(&self, owner: Owner) -> Channel {
+        match owner {
+            Owner::Auth => self.auth.clone(),
+            Owner::Posts => self.posts.clone(),
+            Owner::Votes => self.votes.clone(),
+        }
+    }
+}
+
+/// Agora's descriptors with only the public methods, so `grpcurl describe` shows
+/// what the edge serves and nothing internal.
+fn public_descriptors() -> FileDescriptorSet {
+    let mut set = agora_proto::file_descriptor_set();
+    for file in &mut set.file {
+        let package = file.package().to_owned();
+        for service in &mut file.service {
+            let prefix = format!("/{package}.{}/", service.name());
+            service.method.retain(|method| {
+                let path = format!("{prefix}{}", method.name());
+                PUBLIC_METHODS.iter().any(|(public, _)| *public == path)
+            });
+        }
+        file.service.retain(|service| !service.method.is_empty());
+    }
+    set
+}
+
+/// Browsers may call from the allowed origins, and read the gRPC status.
+fn cors(allowed_origins: &[String]) -> CorsLayer {
+    let origins = if allowed_origins.iter().any(|origin| origin == "*") {
+        AllowOrigin::any()
+    } else {
+        AllowOrigin::list(
+            allowed_origins
+                .iter()
+                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
+        )
+    };
+    let header = HeaderName::from_static;
+    CorsLayer::new()
+        .allow_origin(origins)
+        .allow_methods([http::Method::POST, http::Method::OPTIONS])
+        .allow_headers([
+            header("authorization"),
+            header("content-type"),
+            header("grpc-timeout"),
+            header("x-grpc-web"),
+            header("x-user-agent"),
+        ])
+        .expose_headers([
+            header("grpc-status"),
+            header("grpc-message"),
+            header("grpc-status-details-bin"),
+        ])
+        .max_age(Duration::from_secs(24 * 60 * 60))
+}
+
+/// Sends a call on to its upstream as it came, and the answer back as it comes.
+#[derive(Clone)]
+struct Forward {
+    channel: Channel,
+    upstream: &'static str,
+}
+
+impl Service<http::Request<axum::body::Body>> for Forward {
+    type Response = http::Response<tonic::body::Body>;
+    type Error = Infallible;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, Infallible>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        // The channel's own readiness is awaited per call, below.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<axum::body::Body>) -> Self::Future {
+        let channel = self.channel.clone();
+        let upstream = self.upstream;
+        Box::pin(async move {
+            let request = request.map(tonic::body::Body::new);
+            Ok(channel.oneshot(request).await.unwrap_or_else(|error| {
+                tracing::warn!(upstream, %error, "upstream call failed");
+                let status = if is_timeout(&error) {
+                    Status::deadline_exceeded(format!("{upstream} did not answer in time"))
+                } else {
+                    Status::unavailable(format!("{upstream} unavailable, try again"))
+                };
+                status.into_http()
+            }))
+        })
+    }
+}
+
+fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(error) = cause {
+        if error.is::<tonic::TimeoutExpired>() || error.is::<tower::timeout::error::Elapsed>() {
+            return true;
+        }
+        cause = error.source();
+    }
+    false
+}
+
+/// Keeps the health of an upstream's services in step with the upstream's own.
+struct UpstreamHealth {
+    client: HealthClient<Channel>,
+    owner: Owner,
+    reporter: HealthReporter,
+    last: Option<ServingStatus>,
+}
+
+impl UpstreamHealth {
+    fn new(channel: Channel, owner: Owner, reporter: HealthReporter) -> Self {
+        Self {
+            client: HealthClient::new(channel),
+            owner,
+            reporter,
+            last: None,
+        }
+    }
+
+    async fn follow(mut self) {
+        loop {
+            tokio::time::sleep(HEALTH_PROBE_INTERVAL).await;
+            self.probe().await;
+        }
+    }
+
+    async fn probe(&mut self) {
+        let check = self.client.check(HealthCheckRequest {
+            service: String::new(),
+        });
+        let status = match tokio::time::timeout(HEALTH_PROBE_TIMEOUT, check).await {
+            Ok(Ok(answer))
+                if answer.get_ref().status() == health_check_response::ServingStatus::Serving =>
+            {
+                ServingStatus::Serving
+            }
+            _ => ServingStatus::NotServing,
+        };
+        if self.last == Some(status) {
+            return;
+        }
+        if status == ServingStatus::NotServing {
+            tracing::warn!(upstream = self.owner.name(), "upstream not serving");
+        }
+        for (name, owner) in PUBLIC_SERVICES {
+            if *owner == self.owner {
+                self.reporter.set_service_status(*name, status).await;
+            }
+        }
+        self.last = Some(status);
+    }
+}

@@ -1,0 +1,150 @@
+//! The gateway: Agora's one public endpoint.
+//!
+//! It serves every public gRPC method (and gRPC-Web) on one port, forwarding each
+//! call to the service that owns it without decoding it; reflection and health for
+//! the whole system; and, on a second port, the course API's HTTP/JSON facade,
+//! which translates onto the same gRPC services. Without upstream URLs it runs the
+//! three services in its own process ([`embedded`]).
+
+pub mod config;
+mod edge;
+pub mod embedded;
+pub mod http;
+pub mod upstreams;
+
+use std::{future::Future, net::SocketAddr, sync::Arc};
+
+use access_token::{AuthServiceKeys, TokenVerifier};
+use service_kit::{TokenKeysArgs, config::KeyConfigError, database::DatabaseError, with_grace};
+use tokio::{net::TcpListener, sync::watch};
+
+pub use config::Config;
+use embedded::{EmbeddedError, EmbeddedServices};
+use upstreams::{UpstreamError, Upstreams};
+
+/// Why the gateway could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error("{0}; set DATABASE_URL (or --database-url) to use another PostgreSQL")]
+    Database(#[from] DatabaseError),
+    #[error(transparent)]
+    Embedded(#[from] EmbeddedError),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Keys(#[from] KeyConfigError),
+    #[error("cannot listen on {address}: {source}")]
+    Bind {
+        address: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// A bound gateway, not yet serving.
+pub struct Gateway {
+    grpc: TcpListener,
+    http: TcpListener,
+    edge: edge::Edge,
+    http_router: axum::Router,
+    embedded: Option<EmbeddedServices>,
+}
+
+/// Binds both ports; without upstream URLs, first starts the three services on the
+/// configured database (creating and migrating it as needed).
+pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
+    let (urls, embedded) = match config.upstream_urls() {
+        Some(urls) => (urls, None),
+        None => {
+            let pool = service_kit::database::connect(&config.database).await?;
+            let services = EmbeddedServices::bind(config, pool).await?;
+            (services.urls.clone(), Some(services))
+        }
+    };
+    let upstreams = Upstreams::connect(&urls)?;
+    let verifier = Arc::new(match &config.jwks_file {
+        Some(_) => TokenKeysArgs {
+            auth_service_url: urls.auth.clone(),
+            jwks_file: config.jwks_file.clone(),
+        }
+        .verifier()?,
+        None => TokenVerifier::new(AuthServiceKeys::new(upstreams.auth.clone())),
+    });
+    let bind = |address: SocketAddr| async move {
+        TcpListener::bind(address)
+            .await
+            .map_err(|source| StartupError::Bind { address, source })
+    };
+    Ok(Gateway {
+        grpc: bind(config.grpc_listen).await?,
+        http: bind(config.http_listen).await?,
+        http_router: http::router(upstreams.clone(), verifier.clone()),
+        edge: edge::Edge {
+            upstreams,
+            verifier,
+            limits: config.limits.clone(),
+            cors_allowed_origins: config.cors_allowed_origins.clone(),
+        },
+        embedded,
+    })
+}
+
+impl Gateway {
+    pub fn grpc_addr(&self) -> SocketAddr {
+        self.grpc
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http
+            .local_addr()
+            .expect("a bound listener has an address")
+    }
+
+    /// Whether the gateway runs the services itself.
+    pub fn is_embedded(&self) -> bool {
+        self.embedded.is_some()
+    }
+
+    /// Serves until `shutdown` completes. Then the gateway stops taking calls and
+    /// lets those in flight finish (within [`service_kit::server::SHUTDOWN_GRACE`]),
+    /// and only after that do embedded services stop, since those calls need them.
+    pub async fn run_until(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> Result<(), std::io::Error> {
+        let (stop_edge, edge_stopped) = watch::channel(false);
+        let (stop_services, services_stopped) = watch::channel(false);
+        let mut services = self
+            .embedded
+            .map(|services| services.spawn(services_stopped));
+        let stopped = |mut receiver: watch::Receiver<bool>| async move {
+            let _ = receiver.wait_for(|stopped| *stopped).await;
+        };
+        tokio::spawn(async move {
+            shutdown.await;
+            let _ = stop_edge.send(true);
+        });
+
+        let grpc = with_grace(stopped(edge_stopped.clone()), |stop| {
+            self.edge.serve(self.grpc, stop)
+        });
+        let http = with_grace(stopped(edge_stopped), |stop| {
+            axum::serve(self.http, self.http_router)
+                .with_graceful_shutdown(stop)
+                .into_future()
+        });
+        let (grpc, http) = tokio::join!(grpc, http);
+
+        let _ = stop_services.send(true);
+        if let Some(services) = services.as_mut() {
+            while let Some(result) = services.join_next().await {
+                if let Ok(Err(error)) = result {
+                    tracing::error!(%error, "an embedded service stopped with an error");
+                }
+            }
+        }
+        grpc.unwrap_or(Ok(())).map_err(std::io::Error::other)?;
+        http.unwrap_or(Ok(()))
+    }
+}

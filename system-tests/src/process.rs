@@ -1,0 +1,227 @@
+//! Agora's real binaries as separate processes, the way a person or a container
+//! runs them, for the end-to-end tests.
+//!
+//! The binaries are found beside the test executable's own folder
+//! (`target/<profile>/`), where `cargo test --workspace` builds them.
+
+use std::{
+    path::PathBuf,
+    process::{ExitStatus, Stdio},
+    time::Duration,
+};
+
+use sqlx::{Connection, PgConnection, postgres::PgConnectOptions};
+use tokio::{
+    io::{AsyncBufReadExt, BufReader},
+    process::{Child, Command},
+};
+
+const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
+const STOP_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// The path of one of Agora's binaries, built by `cargo test --workspace`.
+pub fn binary(name: &str) -> PathBuf {
+    let test_executable = std::env::current_exe().expect("the test knows its path");
+    // target/<profile>/deps/<test> -> target/<profile>/<name>
+    let path = test_executable
+        .parent()
+        .and_then(|deps| deps.parent())
+        .expect("a cargo target folder")
+        .join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run the tests with `cargo test --workspace`",
+        path.display()
+    );
+    path
+}
+
+/// Fails the test with a clear message when a command-line tool is missing.
+pub fn require_tools(tools: &[&str]) {
+    for tool in tools {
+        let found = std::process::Command::new(tool)
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+        assert!(
+            found,
+            "{tool} is needed on PATH for this test; see the README"
+        );
+    }
+}
+
+/// A database of its own on the test server (`DATABASE_URL`), dropped by
+/// [`ScratchDatabase::drop_now`].
+pub struct ScratchDatabase {
+    pub url: String,
+    name: String,
+    admin: PgConnectOptions,
+}
+
+impl ScratchDatabase {
+    /// A name only; the binaries create the database themselves.
+    pub fn new() -> Self {
+        let admin_url = std::env::var("DATABASE_URL")
+            .expect("DATABASE_URL names the test server, see the README");
+        let admin: PgConnectOptions = admin_url.parse().expect("DATABASE_URL is a PostgreSQL URL");
+        let name = format!("agora_e2e_{}", uuid::Uuid::now_v7().simple());
+        let mut url = url::Url::parse(&admin_url).expect("DATABASE_URL is a URL");
+        url.set_path(&name);
+        Self {
+            url: url.to_string(),
+            name,
+            admin,
+        }
+    }
+
+    pub async fn drop_now(self) {
+        let mut conn = PgConnection::connect_with(&self.admin)
+            .await
+            .expect("the test server answers");
+        let drop = format!("drop database if exists {} with (force)", self.name);
+        sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+            .execute(&mut conn)
+            .await
+            .expect("drop the scratch database");
+    }
+}
+
+impl Default for ScratchDatabase {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// A running binary, killed if the test ends without stopping it.
+pub struct Process {
+    pub name: String,
+    child: Child,
+}
+
+impl Process {
+    /// Starts binary `name` with exactly these environment variables (plus PATH),
+    /// and waits until its log says `<log_name> listening`.
+    pub async fn start(name: &str, env: &[(&str, String)]) -> Self {
+        let mut child = command(name, env)
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("the binary starts");
+        let stdout = child.stdout.take().expect("a piped stdout");
+        let mut lines = BufReader::new(stdout).lines();
+        let ready = format!("{name} listening");
+        let listening = async {
+            while let Some(line) = lines.next_line().await.expect("read the log") {
+                if line.contains(&ready) {
+                    return;
+                }
+            }
+            panic!("{name} exited before listening");
+        };
+        tokio::time::timeout(STARTUP_TIMEOUT, listening)
+            .await
+            .unwrap_or_else(|_| panic!("{name} starts in time"));
+        // Keep draining the log so the child never blocks on a full pipe.
+        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        Self {
+            name: name.to_owned(),
+            child,
+        }
+    }
+
+    /// Sends SIGTERM and waits for the process to exit.
+    pub async fn terminate(mut self) -> ExitStatus {
+        let pid = self.child.id().expect("a running child").to_string();
+        let sent = std::process::Command::new("kill")
+            .args(["-TERM", &pid])
+            .status()
+            .expect("kill runs");
+        assert!(sent.success(), "SIGTERM to {}", self.name);
+        tokio::time::timeout(STOP_TIMEOUT, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} stops in time", self.name))
+            .expect("wait for the child")
+    }
+}
+
+/// Runs binary `name` to completion with these environment variables; its exit
+/// status and everything it printed.
+pub async fn run(name: &str, env: &[(&str, String)], args: &[&str]) -> (ExitStatus, String) {
+    let output = command(name, env)
+        .args(args)
+        .output()
+        .await
+        .expect("the binary runs");
+    let printed = String::from_utf8_lossy(&output.stdout).into_owned()
+        + &String::from_utf8_lossy(&output.stderr);
+    (output.status, printed)
+}
+
+fn command(name: &str, env: &[(&str, String)]) -> Command {
+    let mut command = Command::new(binary(name));
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("RUST_LOG", "info")
+        .envs(env.iter().map(|(key, value)| (*key, value.as_str())))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true);
+    command
+}
+
+/// A free loopback port, for a binary that must be told where to listen.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .expect("bind a free port")
+        .local_addr()
+        .expect("an address")
+        .port()
+}
+
+/// The shell commands of the README block `<!-- readme-example:NAME -->`.
+pub fn readme_example(name: &str) -> String {
+    let readme = include_str!("../../README.md");
+    let start = readme
+        .find(&format!("<!-- readme-example:{name} -->"))
+        .expect("the example is in the README");
+    let block = &readme[start..];
+    let block = &block[block.find("```sh\n").expect("a sh block") + 6..];
+    block[..block.find("```").expect("a closed block")].to_owned()
+}
+
+/// Runs a shell script with `bash -euo pipefail`; fails the test, with all it
+/// printed, unless it succeeds. Returns its standard output.
+pub async fn run_script(script: &str) -> String {
+    let output = Command::new("bash")
+        .args(["-euo", "pipefail", "-c", script])
+        .output()
+        .await
+        .expect("bash runs");
+    let stdout = String::from_utf8_lossy(&output.stdout).into_owned();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        output.status.success(),
+        "the script failed:\n{script}\n--- stdout\n{stdout}\n--- stderr\n{stderr}"
+    );
+    stdout
+}
+
+/// `<binary> --health-check`, as a container healthcheck runs it, fails and says
+/// why when nothing listens at the binary's address (`listen_variable`).
+pub async fn assert_health_check_fails_when_nothing_listens(binary: &str, listen_variable: &str) {
+    let address = format!("127.0.0.1:{}", free_port());
+    let (status, printed) = run(
+        binary,
+        &[(listen_variable, address.clone())],
+        &["--health-check"],
+    )
+    .await;
+    assert!(
+        !status.success(),
+        "{binary} --health-check with nothing listening: {printed}"
+    );
+    assert!(
+        printed.contains(&address),
+        "{binary} names the address it asked: {printed}"
+    );
+}
