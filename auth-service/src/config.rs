@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use service_kit::{DatabaseArgs, LogFormat, ServerLimits};
+use service_kit::CommonArgs;
 
 /// Agora's auth-service: users, password login and access tokens.
 #[derive(Debug, Clone, clap::Parser)]
@@ -25,16 +25,7 @@ pub struct Config {
     #[arg(long, env = "PASSWORD_HASHING_CONCURRENCY", default_value_t = 0)]
     pub password_hashing_concurrency: usize,
     #[command(flatten)]
-    pub database: DatabaseArgs,
-    #[command(flatten)]
-    pub limits: ServerLimits,
-    /// Log line format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-    /// Instead of serving, ask the server at the listen address whether it is
-    /// healthy and exit 0 only if so (for container healthchecks).
-    #[arg(long)]
-    pub health_check: bool,
+    pub common: CommonArgs,
 }
 
 impl Config {
@@ -45,10 +36,7 @@ impl Config {
             signing_key_file: None,
             token_ttl_secs: 1800,
             password_hashing_concurrency: 0,
-            database: DatabaseArgs::default(),
-            limits: ServerLimits::default(),
-            log_format: LogFormat::Text,
-            health_check: false,
+            common: CommonArgs::default(),
         }
     }
 

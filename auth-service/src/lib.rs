@@ -33,29 +33,21 @@ pub enum StartupError {
     Keys(#[from] keys::KeyError),
     #[error("cannot prepare password hashing: {0}")]
     Passwords(argon2::password_hash::Error),
-    #[error("cannot listen on {address}: {source}")]
-    Bind {
-        address: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] service_kit::BindError),
 }
 
 /// Connects to the database (creating and migrating it as needed) and binds the
 /// server.
 pub async fn build(config: &Config) -> Result<GrpcServer, StartupError> {
-    let pool = service_kit::database::connect(&config.database).await?;
+    let pool = service_kit::database::connect(&config.common.database).await?;
     build_with_pool(config, pool).await
 }
 
 /// Binds the server on an already migrated database.
 pub async fn build_with_pool(config: &Config, pool: PgPool) -> Result<GrpcServer, StartupError> {
     let api = served_api(config, pool).await?;
-    GrpcServer::bind(config.listen, config.limits.clone(), api)
-        .await
-        .map_err(|source| StartupError::Bind {
-            address: config.listen,
-            source,
-        })
+    Ok(GrpcServer::bind(config.listen, config.common.limits.clone(), api).await?)
 }
 
 /// auth-service's gRPC services, ready to serve on any server.
@@ -72,7 +64,7 @@ pub async fn served_api(config: &Config, pool: PgPool) -> Result<ServedApi, Star
             .map_err(StartupError::Passwords)?,
         issuer: Arc::new(tokens::TokenIssuer::new(keys.clone(), config.token_ttl())),
     };
-    let max_message_bytes = config.limits.max_message_bytes;
+    let max_message_bytes = config.common.limits.max_message_bytes;
     let users = UserServiceServer::new(grpc::UserApi {
         accounts: accounts.clone(),
     })

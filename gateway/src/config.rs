@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use service_kit::{DatabaseArgs, LogFormat, ServerLimits};
+use service_kit::CommonArgs;
 
 use crate::upstreams::UpstreamUrls;
 
@@ -44,18 +44,9 @@ pub struct Config {
     #[arg(long, env = "TOKEN_TTL_SECS", default_value_t = 1800,
           value_parser = clap::value_parser!(u64).range(60..=3600))]
     pub token_ttl_secs: u64,
-    /// With the services embedded: the database they share.
+    /// The database is used only with the services embedded.
     #[command(flatten)]
-    pub database: DatabaseArgs,
-    #[command(flatten)]
-    pub limits: ServerLimits,
-    /// Log line format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-    /// Instead of serving, ask the gateway at the gRPC address whether it is
-    /// healthy and exit 0 only if so (for container healthchecks).
-    #[arg(long)]
-    pub health_check: bool,
+    pub common: CommonArgs,
 }
 
 impl Config {
@@ -89,10 +80,7 @@ impl Config {
             cors_allowed_origins: vec!["*".to_owned()],
             signing_key_file: None,
             token_ttl_secs: 1800,
-            database: DatabaseArgs::default(),
-            limits: ServerLimits::default(),
-            log_format: LogFormat::Text,
-            health_check: false,
+            common: CommonArgs::default(),
         }
     }
 }

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use service_kit::GrpcServer;
+use service_kit::{CommonArgs, GrpcServer};
 use sqlx::PgPool;
 use tokio::{sync::watch, task::JoinSet};
 
@@ -36,17 +36,26 @@ impl EmbeddedServices {
             listen: loopback,
             signing_key_file: config.signing_key_file.clone(),
             token_ttl_secs: config.token_ttl_secs,
-            limits: config.limits.clone(),
+            common: CommonArgs {
+                limits: config.common.limits.clone(),
+                ..CommonArgs::default()
+            },
             ..auth_service::Config::ephemeral()
         };
         let auth = auth_service::build_with_pool(&auth_config, pool.clone()).await?;
         let votes_config = votes_service::Config {
-            limits: config.limits.clone(),
+            common: CommonArgs {
+                limits: config.common.limits.clone(),
+                ..CommonArgs::default()
+            },
             ..votes_service::Config::ephemeral(url(&auth))
         };
         let votes = votes_service::build_with_pool(&votes_config, pool.clone()).await?;
         let posts_config = posts_service::Config {
-            limits: config.limits.clone(),
+            common: CommonArgs {
+                limits: config.common.limits.clone(),
+                ..CommonArgs::default()
+            },
             ..posts_service::Config::ephemeral(url(&auth), url(&votes))
         };
         let posts = posts_service::build_with_pool(&posts_config, pool).await?;

@@ -55,7 +55,7 @@ pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
     let (urls, embedded) = match config.upstream_urls() {
         Some(urls) => (urls, None),
         None => {
-            let pool = service_kit::database::connect(&config.database).await?;
+            let pool = service_kit::database::connect(&config.common.database).await?;
             let services = EmbeddedServices::bind(config, pool).await?;
             (services.urls.clone(), Some(services))
         }
@@ -81,7 +81,7 @@ pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
         edge: edge::Edge {
             upstreams,
             verifier,
-            limits: config.limits.clone(),
+            limits: config.common.limits.clone(),
             cors_allowed_origins: config.cors_allowed_origins.clone(),
         },
         embedded,

@@ -6,8 +6,8 @@ use gateway::Config;
 #[tokio::main]
 async fn main() -> ExitCode {
     let config = Config::parse();
-    service_kit::telemetry::init(config.log_format);
-    if config.health_check {
+    service_kit::telemetry::init(config.common.log_format);
+    if config.common.health_check {
         return service_kit::check_health(config.grpc_listen).await;
     }
     let gateway = match gateway::build(&config).await {

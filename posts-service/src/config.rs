@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use service_kit::{DatabaseArgs, LogFormat, ServerLimits, TokenKeysArgs};
+use service_kit::{CommonArgs, TokenKeysArgs};
 
 /// Agora's posts-service: posts with their owners and like counts.
 #[derive(Debug, Clone, clap::Parser)]
@@ -22,16 +22,7 @@ pub struct Config {
     #[command(flatten)]
     pub token_keys: TokenKeysArgs,
     #[command(flatten)]
-    pub database: DatabaseArgs,
-    #[command(flatten)]
-    pub limits: ServerLimits,
-    /// Log line format.
-    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
-    pub log_format: LogFormat,
-    /// Instead of serving, ask the server at the listen address whether it is
-    /// healthy and exit 0 only if so (for container healthchecks).
-    #[arg(long)]
-    pub health_check: bool,
+    pub common: CommonArgs,
 }
 
 impl Config {
@@ -47,10 +38,7 @@ impl Config {
                 auth_service_url: auth_service_url.into(),
                 jwks_file: None,
             },
-            database: DatabaseArgs::default(),
-            limits: ServerLimits::default(),
-            log_format: LogFormat::Text,
-            health_check: false,
+            common: CommonArgs::default(),
         }
     }
 }

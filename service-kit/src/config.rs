@@ -94,6 +94,22 @@ impl Default for DatabaseArgs {
     }
 }
 
+/// What every Agora binary takes besides its own settings.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct CommonArgs {
+    #[command(flatten)]
+    pub database: DatabaseArgs,
+    #[command(flatten)]
+    pub limits: ServerLimits,
+    /// Log line format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
+    pub log_format: LogFormat,
+    /// Instead of serving, ask the server at the listen address whether it is
+    /// healthy and exit 0 only if so (for container healthchecks).
+    #[arg(long)]
+    pub health_check: bool,
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

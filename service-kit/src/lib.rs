@@ -11,9 +11,9 @@ pub mod fields;
 pub mod server;
 pub mod telemetry;
 
-pub use config::{DatabaseArgs, LogFormat, ServerLimits, TokenKeysArgs};
+pub use config::{CommonArgs, DatabaseArgs, LogFormat, ServerLimits, TokenKeysArgs};
 pub use error::{ApiError, ConstraintExt};
 pub use server::{
-    GrpcServer, ServedApi, check_health, configured_server, rpc_trace_layer, serve_or_check,
-    shutdown_signal, with_grace, with_reflection,
+    BindError, GrpcServer, ServedApi, check_health, configured_server, rpc_trace_layer,
+    serve_or_check, shutdown_signal, with_grace, with_reflection,
 };

@@ -39,6 +39,14 @@ pub struct ServedApi {
     pub pool: PgPool,
 }
 
+/// The listen address is taken or not ours.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot listen on {address}: {source}")]
+pub struct BindError {
+    pub address: SocketAddr,
+    pub source: io::Error,
+}
+
 /// A bound, not yet serving, gRPC server.
 pub struct GrpcServer {
     listener: TcpListener,
@@ -47,9 +55,15 @@ pub struct GrpcServer {
 }
 
 impl GrpcServer {
-    /// Binds `addr` (port 0 picks a free port; see [`GrpcServer::local_addr`]).
-    pub async fn bind(addr: SocketAddr, limits: ServerLimits, api: ServedApi) -> io::Result<Self> {
-        let listener = TcpListener::bind(addr).await?;
+    /// Binds `address` (port 0 picks a free port; see [`GrpcServer::local_addr`]).
+    pub async fn bind(
+        address: SocketAddr,
+        limits: ServerLimits,
+        api: ServedApi,
+    ) -> Result<Self, BindError> {
+        let listener = TcpListener::bind(address)
+            .await
+            .map_err(|source| BindError { address, source })?;
         Ok(Self {
             listener,
             limits,

@@ -25,36 +25,28 @@ pub enum StartupError {
     Database(#[from] service_kit::database::DatabaseError),
     #[error(transparent)]
     Keys(#[from] KeyConfigError),
-    #[error("cannot listen on {address}: {source}")]
-    Bind {
-        address: std::net::SocketAddr,
-        source: std::io::Error,
-    },
+    #[error(transparent)]
+    Bind(#[from] service_kit::BindError),
 }
 
 /// Connects to the database (creating and migrating it as needed) and binds the
 /// server.
 pub async fn build(config: &Config) -> Result<GrpcServer, StartupError> {
-    let pool = service_kit::database::connect(&config.database).await?;
+    let pool = service_kit::database::connect(&config.common.database).await?;
     build_with_pool(config, pool).await
 }
 
 /// Binds the server on an already migrated database.
 pub async fn build_with_pool(config: &Config, pool: PgPool) -> Result<GrpcServer, StartupError> {
     let api = served_api(config, pool)?;
-    GrpcServer::bind(config.listen, config.limits.clone(), api)
-        .await
-        .map_err(|source| StartupError::Bind {
-            address: config.listen,
-            source,
-        })
+    Ok(GrpcServer::bind(config.listen, config.common.limits.clone(), api).await?)
 }
 
 /// votes-service's gRPC service, ready to serve on any server.
 pub fn served_api(config: &Config, pool: PgPool) -> Result<ServedApi, StartupError> {
     let verifier = Arc::new(config.token_keys.verifier()?);
     let votes = VoteServiceServer::new(grpc::VoteApi { pool: pool.clone() })
-        .max_decoding_message_size(config.limits.max_message_bytes);
+        .max_decoding_message_size(config.common.limits.max_message_bytes);
     Ok(ServedApi {
         service_names: vec![<VoteServiceServer<grpc::VoteApi> as NamedService>::NAME],
         routes: Routes::new(votes),

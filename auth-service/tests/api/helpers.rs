@@ -10,8 +10,7 @@ use ed25519_dalek::pkcs8::{EncodePrivateKey, KeypairBytes};
 use jsonwebtoken::EncodingKey;
 use sqlx::PgPool;
 use tokio::{sync::oneshot, task::JoinHandle};
-use tonic::{Code, Request, Status, transport::Channel};
-use tonic_types::StatusExt;
+use tonic::{Request, Status, transport::Channel};
 
 pub const PASSWORD: &str = "correct horse battery";
 
@@ -142,17 +141,4 @@ pub fn authorized<T>(message: T, token: Option<&str>) -> Request<T> {
     request
 }
 
-/// Asserts INVALID_ARGUMENT with `google.rpc.BadRequest` details naming exactly
-/// `fields`.
-pub fn assert_bad_request(status: &Status, fields: &[&str], case: &str) {
-    assert_eq!(status.code(), Code::InvalidArgument, "{case}: {status:?}");
-    let details = status
-        .get_details_bad_request()
-        .unwrap_or_else(|| panic!("{case}: no BadRequest details"));
-    let named: Vec<&str> = details
-        .field_violations
-        .iter()
-        .map(|v| v.field.as_str())
-        .collect();
-    assert_eq!(named, fields, "{case}: fields named in BadRequest");
-}
+pub use system_tests::assert_bad_request;
