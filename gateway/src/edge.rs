@@ -15,13 +15,9 @@ use std::{
 use access_token::{PublicMethods, RequireTokenLayer, TokenVerifier};
 use http::{HeaderName, HeaderValue};
 use prost_types::FileDescriptorSet;
-use service_kit::{ServerLimits, configured_server, rpc_trace_layer, with_reflection};
+use service_kit::{ServerLimits, configured_server, incoming, rpc_trace_layer, with_reflection};
 use tokio::net::TcpListener;
-use tonic::{
-    Status,
-    service::Routes,
-    transport::{Channel, server::TcpIncoming},
-};
+use tonic::{Status, service::Routes, transport::Channel};
 use tonic_health::{
     ServingStatus,
     pb::{HealthCheckRequest, health_check_response, health_client::HealthClient},
@@ -119,7 +115,7 @@ impl Edge {
             ))
             .layer(RequireTokenLayer::new(self.verifier, public))
             .add_routes(routes)
-            .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+            .serve_with_incoming_shutdown(incoming(listener), shutdown)
             .await;
         followers.abort_all();
         result

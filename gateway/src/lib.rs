@@ -15,6 +15,7 @@ pub mod upstreams;
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use access_token::{AuthServiceKeys, TokenVerifier};
+use axum::serve::ListenerExt;
 use service_kit::{TokenKeysArgs, config::KeyConfigError, database::DatabaseError, with_grace};
 use tokio::{net::TcpListener, sync::watch};
 
@@ -130,7 +131,13 @@ impl Gateway {
             self.edge.serve(self.grpc, stop)
         });
         let http = with_grace(stopped(edge_stopped), |stop| {
-            axum::serve(self.http, self.http_router)
+            // Small JSON answers must not wait for delayed ACKs.
+            let listener = self.http.tap_io(|tcp| {
+                if let Err(error) = tcp.set_nodelay(true) {
+                    tracing::debug!(%error, "cannot set TCP_NODELAY");
+                }
+            });
+            axum::serve(listener, self.http_router)
                 .with_graceful_shutdown(stop)
                 .into_future()
         });

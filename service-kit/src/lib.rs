@@ -14,6 +14,6 @@ pub mod telemetry;
 pub use config::{CommonArgs, DatabaseArgs, LogFormat, ServerLimits, TokenKeysArgs};
 pub use error::{ApiError, ConstraintExt};
 pub use server::{
-    BindError, GrpcServer, ServedApi, check_health, configured_server, rpc_trace_layer,
+    BindError, GrpcServer, ServedApi, check_health, configured_server, incoming, rpc_trace_layer,
     serve_or_check, shutdown_signal, with_grace, with_reflection,
 };

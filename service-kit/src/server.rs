@@ -117,7 +117,7 @@ impl GrpcServer {
                 .layer(GlobalConcurrencyLimitLayer::new(limits.concurrency_limit))
                 .layer(api.token_layer)
                 .add_routes(routes)
-                .serve_with_incoming_shutdown(TcpIncoming::from(listener), shutdown)
+                .serve_with_incoming_shutdown(incoming(listener), shutdown)
         };
         let result = with_grace(shutdown, serve).await.unwrap_or(Ok(()));
         health_probe.abort();
@@ -187,6 +187,15 @@ where
     }
 }
 
+/// The connections `listener` accepts, with the socket options tonic applies only
+/// to listeners it binds itself: without `TCP_NODELAY`, small answers wait for
+/// delayed ACKs (tens of milliseconds each).
+pub fn incoming(listener: TcpListener) -> TcpIncoming {
+    TcpIncoming::from(listener)
+        .with_nodelay(Some(true))
+        .with_keepalive(Some(Duration::from_secs(60)))
+}
+
 /// A tonic server with the limits every Agora server applies; layers and routes
 /// are the caller's.
 pub fn configured_server(limits: &ServerLimits) -> Server {
@@ -195,7 +204,6 @@ pub fn configured_server(limits: &ServerLimits) -> Server {
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-        .tcp_keepalive(Some(Duration::from_secs(60)))
 }
 
 /// The tracing layer of every Agora server: one `rpc` span per call, and one line
