@@ -106,7 +106,7 @@ where
         }
         let verifier = self.verifier.clone();
         Box::pin(async move {
-            let verified = match bearer_token(&request) {
+            let verified = match bearer_token(request.headers()) {
                 Ok(token) => verifier.verify(token).await,
                 Err(error) => Err(error),
             };
@@ -121,11 +121,10 @@ where
     }
 }
 
-fn bearer_token<B>(request: &Request<B>) -> Result<&str, TokenError> {
-    let value = request
-        .headers()
-        .get(AUTHORIZATION)
-        .ok_or(TokenError::Missing)?;
+/// The token of an `authorization: Bearer <token>` header or metadata entry (the
+/// scheme in any letter case).
+pub fn bearer_token(headers: &http::HeaderMap) -> Result<&str, TokenError> {
+    let value = headers.get(AUTHORIZATION).ok_or(TokenError::Missing)?;
     let value = value.to_str().map_err(|_| TokenError::Malformed)?;
     let (scheme, token) = value.split_once(' ').ok_or(TokenError::Malformed)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
@@ -145,4 +144,46 @@ pub fn caller<T>(request: &tonic::Request<T>) -> Result<Caller, tonic::Status> {
         .get::<Caller>()
         .copied()
         .ok_or_else(|| TokenError::Missing.into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(authorization: &str) -> http::HeaderMap {
+        let mut headers = http::HeaderMap::new();
+        headers.insert(AUTHORIZATION, authorization.parse().unwrap());
+        headers
+    }
+
+    #[test]
+    fn bearer_tokens_are_read_with_any_scheme_case() {
+        assert_eq!(bearer_token(&headers("Bearer abc")), Ok("abc"));
+        assert_eq!(bearer_token(&headers("bearer  abc ")), Ok("abc"));
+        assert_eq!(
+            bearer_token(&headers("Basic abc")),
+            Err(TokenError::Malformed)
+        );
+        assert_eq!(bearer_token(&headers("abc")), Err(TokenError::Malformed));
+        assert_eq!(bearer_token(&headers("Bearer ")), Err(TokenError::Missing));
+        assert_eq!(
+            bearer_token(&http::HeaderMap::new()),
+            Err(TokenError::Missing)
+        );
+    }
+
+    #[test]
+    fn public_methods_are_exact_paths_or_whole_services() {
+        let public = PublicMethods::infrastructure()
+            .with("/a.B/Open")
+            .with("/a.C/");
+        assert!(public.contains("/a.B/Open"));
+        assert!(
+            !public.contains("/a.B/OpenSesame"),
+            "an exact path is not a prefix"
+        );
+        assert!(public.contains("/a.C/Anything"));
+        assert!(public.contains("/grpc.health.v1.Health/Check"));
+        assert!(!public.contains("/a.B/Closed"));
+    }
 }

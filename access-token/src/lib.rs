@@ -15,5 +15,5 @@ pub use claims::{AUDIENCE, Caller, Claims, ISSUER};
 pub use keys::{
     AuthServiceKeys, KeySource, KeySourceError, StaticKeys, jwk_from_proto, jwk_to_proto,
 };
-pub use layer::{PublicMethods, RequireTokenLayer, RequireTokenService, caller};
+pub use layer::{PublicMethods, RequireTokenLayer, RequireTokenService, bearer_token, caller};
 pub use verifier::{TokenError, TokenVerifier};

@@ -1,13 +1,12 @@
 //! The gRPC adapters: unpack a request, call [`Accounts`], pack the answer.
 
-use std::{sync::Arc, time::UNIX_EPOCH};
+use std::sync::Arc;
 
 use access_token::{TokenVerifier, caller, jwk_to_proto};
 use agora_proto::auth::v1::{
     self as proto, auth_service_server::AuthService, user_service_server::UserService,
 };
 use service_kit::fields::{parse_id, parse_ids};
-use time::OffsetDateTime;
 use tonic::{Request, Response, Status};
 
 use crate::{accounts::Accounts, keys::SigningKeys, users::MAX_BATCH};
@@ -92,9 +91,10 @@ impl AuthService for AuthApi {
             .verify(request.get_ref().access_token.trim())
             .await?;
         tracing::Span::current().record("user_id", tracing::field::display(caller.user_id));
-        let expire_time = OffsetDateTime::from_unix_timestamp(caller.expires_at as i64)
-            .map(service_kit::fields::timestamp)
-            .unwrap_or_else(|_| (UNIX_EPOCH).into());
+        let expire_time = prost_types::Timestamp {
+            seconds: caller.expires_at as i64,
+            nanos: 0,
+        };
         Ok(Response::new(proto::VerifyTokenResponse {
             user_id: caller.user_id.to_string(),
             token_id: caller.token_id.to_string(),

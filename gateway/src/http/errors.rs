@@ -49,6 +49,18 @@ pub struct HttpError {
     pub detail: String,
 }
 
+/// A refused token is 401; keys that cannot be fetched right now are 503.
+impl From<access_token::TokenError> for HttpError {
+    fn from(error: access_token::TokenError) -> Self {
+        match error {
+            access_token::TokenError::KeysUnavailable => {
+                Self::new(StatusCode::SERVICE_UNAVAILABLE, error.to_string())
+            }
+            _ => Self::unauthenticated(error.to_string()),
+        }
+    }
+}
+
 impl HttpError {
     pub fn new(status: StatusCode, detail: impl Into<String>) -> Self {
         Self {
