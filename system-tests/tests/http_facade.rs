@@ -19,6 +19,17 @@ const POST_KEYS: [&str; 7] = [
 ];
 const USER_KEYS: [&str; 3] = ["created_at", "email", "id"];
 
+/// Sending a request whose transport must not fail: only the answer matters.
+trait Answer {
+    async fn answer(self) -> Response;
+}
+
+impl Answer for RequestBuilder {
+    async fn answer(self) -> Response {
+        self.send().await.expect("the facade answers")
+    }
+}
+
 /// A client of the facade, which runs on a free port in front of a [`System`].
 struct Facade {
     base: String,
@@ -65,9 +76,8 @@ impl Facade {
         let response = self
             .request(Method::POST, "/users/")
             .json(&json!({"email": email, "password": PASSWORD}))
-            .send()
-            .await
-            .unwrap();
+            .answer()
+            .await;
         expect(response, StatusCode::CREATED).await
     }
 
@@ -76,9 +86,8 @@ impl Facade {
         let response = self
             .request(Method::POST, "/login")
             .form(&[("username", email), ("password", PASSWORD)])
-            .send()
-            .await
-            .unwrap();
+            .answer()
+            .await;
         let token = expect(response, StatusCode::OK).await;
         Person {
             id: user["id"].as_str().unwrap().to_owned(),
@@ -90,9 +99,8 @@ impl Facade {
         let response = self
             .as_person(person, Method::POST, "/posts/")
             .json(&body)
-            .send()
-            .await
-            .unwrap();
+            .answer()
+            .await;
         expect(response, StatusCode::CREATED).await
     }
 }
@@ -172,18 +180,16 @@ async fn users_register_and_are_looked_up_with_a_token(pool: PgPool) {
     let response = facade
         .request(Method::POST, "/users")
         .json(&json!({"email": "bob@example.com", "password": PASSWORD, "id": alice_id}))
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     let bob = expect(response, StatusCode::CREATED).await;
     assert_ne!(bob["id"], alice["id"], "a body cannot choose the id");
 
     let duplicate = facade
         .request(Method::POST, "/users/")
         .json(&json!({"email": "ALICE@example.com", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     expect_error(duplicate, StatusCode::CONFLICT).await;
 
     let invalid_bodies = [
@@ -203,9 +209,8 @@ async fn users_register_and_are_looked_up_with_a_token(pool: PgPool) {
         let response = facade
             .request(Method::POST, "/users/")
             .json(&body)
-            .send()
-            .await
-            .unwrap();
+            .answer()
+            .await;
         let detail = expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
         assert!(!detail.is_empty(), "{case}");
     }
@@ -213,36 +218,29 @@ async fn users_register_and_are_looked_up_with_a_token(pool: PgPool) {
         .request(Method::POST, "/users/")
         .header(header::CONTENT_TYPE, "application/json")
         .body("{\"email\": ")
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     expect_error(malformed, StatusCode::UNPROCESSABLE_ENTITY).await;
 
     // Looking a user up needs a token, unlike in the course.
     let path = format!("/users/{alice_id}");
-    let anonymous = facade.request(Method::GET, &path).send().await.unwrap();
+    let anonymous = facade.request(Method::GET, &path).answer().await;
     expect_error(anonymous, StatusCode::UNAUTHORIZED).await;
 
     let carol = facade.sign_up("carol@example.com").await;
     for path in [format!("/users/{alice_id}"), format!("/users/{alice_id}/")] {
-        let response = facade
-            .as_person(&carol, Method::GET, &path)
-            .send()
-            .await
-            .unwrap();
+        let response = facade.as_person(&carol, Method::GET, &path).answer().await;
         assert_eq!(expect(response, StatusCode::OK).await, alice, "{path}");
     }
     let unknown = facade
         .as_person(&carol, Method::GET, &format!("/users/{}", Uuid::now_v7()))
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     expect_error(unknown, StatusCode::NOT_FOUND).await;
     let malformed_id = facade
         .as_person(&carol, Method::GET, "/users/42")
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     expect_error(malformed_id, StatusCode::UNPROCESSABLE_ENTITY).await;
 }
 
@@ -261,9 +259,8 @@ async fn login_takes_an_oauth2_password_form(pool: PgPool) {
                 ("password", PASSWORD),
                 ("scope", ""),
             ])
-            .send()
-            .await
-            .unwrap();
+            .answer()
+            .await;
         let token = expect(response, StatusCode::OK).await;
         assert_eq!(keys(&token), ["access_token", "token_type"]);
         assert_eq!(token["token_type"], "bearer");
@@ -275,9 +272,8 @@ async fn login_takes_an_oauth2_password_form(pool: PgPool) {
                 &format!("/users/{}", alice["id"].as_str().unwrap()),
             )
             .bearer_auth(token["access_token"].as_str().unwrap())
-            .send()
-            .await
-            .unwrap();
+            .answer()
+            .await;
         expect(me, StatusCode::OK).await;
     }
 
@@ -288,9 +284,8 @@ async fn login_takes_an_oauth2_password_form(pool: PgPool) {
         let response = facade
             .request(Method::POST, "/login")
             .form(&[("username", username), ("password", password)])
-            .send()
-            .await
-            .unwrap();
+            .answer()
+            .await;
         let detail = expect_error(response, StatusCode::FORBIDDEN).await;
         assert_eq!(detail, "Invalid Credentials");
     }
@@ -298,24 +293,21 @@ async fn login_takes_an_oauth2_password_form(pool: PgPool) {
     let missing_password = facade
         .request(Method::POST, "/login")
         .form(&[("username", "alice@example.com")])
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     expect_error(missing_password, StatusCode::UNPROCESSABLE_ENTITY).await;
     let empty_password = facade
         .request(Method::POST, "/login")
         .form(&[("username", "alice@example.com"), ("password", "")])
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     expect_error(empty_password, StatusCode::UNPROCESSABLE_ENTITY).await;
     // JSON is not a form, as in FastAPI.
     let json_body = facade
         .request(Method::POST, "/login")
         .json(&json!({"username": "alice@example.com", "password": PASSWORD}))
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     expect_error(json_body, StatusCode::UNPROCESSABLE_ENTITY).await;
 }
 
@@ -344,19 +336,14 @@ async fn posts_are_created_and_read_in_the_course_shapes(pool: PgPool) {
     let response = facade
         .as_person(&alice, Method::POST, "/posts")
         .json(&json!({"title": "Draft", "content": "Not yet", "published": false}))
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     let draft = expect(response, StatusCode::CREATED).await;
     assert_post(&draft, &alice, "alice@example.com");
     assert_eq!(draft["published"], false);
 
     for path in [format!("/posts/{id}"), format!("/posts/{id}/")] {
-        let response = facade
-            .as_person(&bob, Method::GET, &path)
-            .send()
-            .await
-            .unwrap();
+        let response = facade.as_person(&bob, Method::GET, &path).answer().await;
         let shown = expect(response, StatusCode::OK).await;
         assert_eq!(keys(&shown), ["Post", "votes"], "{path}");
         assert_eq!(shown["Post"], post, "{path}");
@@ -369,26 +356,20 @@ async fn posts_are_created_and_read_in_the_course_shapes(pool: PgPool) {
     ] {
         let response = facade
             .as_person(&bob, Method::GET, &format!("/posts/{id}"))
-            .send()
-            .await
-            .unwrap();
+            .answer()
+            .await;
         expect_error(response, StatusCode::NOT_FOUND).await;
     }
     let malformed = facade
         .as_person(&bob, Method::GET, "/posts/1")
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     expect_error(malformed, StatusCode::UNPROCESSABLE_ENTITY).await;
 
     // Bob sees the published post, Alice also her draft, newest first.
     for (person, expected) in [(&bob, vec!["Hello"]), (&alice, vec!["Draft", "Hello"])] {
         for path in ["/posts/", "/posts"] {
-            let response = facade
-                .as_person(person, Method::GET, path)
-                .send()
-                .await
-                .unwrap();
+            let response = facade.as_person(person, Method::GET, path).answer().await;
             let page = expect(response, StatusCode::OK).await;
             let entries = page.as_array().expect("a list");
             for entry in entries {
@@ -407,17 +388,15 @@ async fn posts_are_created_and_read_in_the_course_shapes(pool: PgPool) {
     let untyped = facade
         .as_person(&alice, Method::POST, "/posts/")
         .body(r#"{"title": "Untyped", "content": "JSON all the same"}"#)
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     expect(untyped, StatusCode::CREATED).await;
     let text = facade
         .as_person(&alice, Method::POST, "/posts/")
         .header(header::CONTENT_TYPE, "text/plain")
         .body(r#"{"title": "Text", "content": "Not JSON by its type"}"#)
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     expect_error(text, StatusCode::UNPROCESSABLE_ENTITY).await;
 
     let bad_bodies = [
@@ -430,9 +409,8 @@ async fn posts_are_created_and_read_in_the_course_shapes(pool: PgPool) {
         let response = facade
             .as_person(&alice, Method::POST, "/posts/")
             .json(&body)
-            .send()
-            .await
-            .unwrap();
+            .answer()
+            .await;
         expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
     }
 }
@@ -466,11 +444,7 @@ async fn listing_pages_with_limit_and_skip_and_searches(pool: PgPool) {
         ("/posts/?search=java", vec![]),
     ];
     for (path, expected) in cases {
-        let response = facade
-            .as_person(&alice, Method::GET, path)
-            .send()
-            .await
-            .unwrap();
+        let response = facade.as_person(&alice, Method::GET, path).answer().await;
         assert_eq!(
             titles(expect(response, StatusCode::OK).await),
             expected,
@@ -478,11 +452,7 @@ async fn listing_pages_with_limit_and_skip_and_searches(pool: PgPool) {
         );
     }
     for path in ["/posts/?limit=abc", "/posts/?limit=-1", "/posts/?skip=-1"] {
-        let response = facade
-            .as_person(&alice, Method::GET, path)
-            .send()
-            .await
-            .unwrap();
+        let response = facade.as_person(&alice, Method::GET, path).answer().await;
         expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
     }
 }
@@ -514,9 +484,8 @@ async fn put_replaces_a_post_and_ignores_ids_in_the_body(pool: PgPool) {
                 "title": "New",
                 "content": "Replaced",
             }))
-            .send()
-            .await
-            .unwrap();
+            .answer()
+            .await;
         let replaced = expect(response, StatusCode::OK).await;
         assert_post(&replaced, &alice, "alice@example.com");
         assert_eq!(replaced["id"], id, "the id comes from the path");
@@ -537,9 +506,8 @@ async fn put_replaces_a_post_and_ignores_ids_in_the_body(pool: PgPool) {
             Method::GET,
             &format!("/posts/{}", other["id"].as_str().unwrap()),
         )
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     assert_eq!(
         expect(response, StatusCode::OK).await["Post"],
         other,
@@ -549,17 +517,15 @@ async fn put_replaces_a_post_and_ignores_ids_in_the_body(pool: PgPool) {
     let response = facade
         .as_person(&alice, Method::PUT, &format!("/posts/{id}"))
         .json(&json!({"title": "Hidden", "content": "Again", "published": false}))
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     assert_eq!(expect(response, StatusCode::OK).await["published"], false);
 
     let missing_content = facade
         .as_person(&alice, Method::PUT, &format!("/posts/{id}"))
         .json(&json!({"title": "Only a title"}))
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     expect_error(missing_content, StatusCode::UNPROCESSABLE_ENTITY).await;
 }
 
@@ -616,9 +582,8 @@ async fn patch_changes_only_the_fields_given(pool: PgPool) {
     let response = facade
         .as_person(&alice, Method::PATCH, &format!("{path}/"))
         .json(&json!({"content": "New content", "published": true}))
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     let changed = expect(response, StatusCode::OK).await;
     assert_eq!(
         (
@@ -640,11 +605,7 @@ async fn patch_changes_only_the_fields_given(pool: PgPool) {
         let detail = expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
         assert!(!detail.is_empty(), "{body}");
     }
-    let response = facade
-        .as_person(&alice, Method::GET, &path)
-        .send()
-        .await
-        .unwrap();
+    let response = facade.as_person(&alice, Method::GET, &path).answer().await;
     assert_eq!(
         expect(response, StatusCode::OK).await["Post"],
         changed,
@@ -667,34 +628,27 @@ async fn only_the_owner_changes_or_deletes_a_post(pool: PgPool) {
         let response = facade
             .as_person(&bob, method.clone(), &path)
             .json(&body)
-            .send()
-            .await
-            .unwrap();
+            .answer()
+            .await;
         expect_error(response, StatusCode::FORBIDDEN).await;
 
         let unknown = format!("/posts/{}", Uuid::now_v7());
         let response = facade
             .as_person(&alice, method.clone(), &unknown)
             .json(&body)
-            .send()
-            .await
-            .unwrap();
+            .answer()
+            .await;
         expect_error(response, StatusCode::NOT_FOUND).await;
 
         let response = facade
             .as_person(&alice, method.clone(), "/posts/not-a-uuid")
             .json(&body)
-            .send()
-            .await
-            .unwrap();
+            .answer()
+            .await;
         expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
     }
 
-    let response = facade
-        .as_person(&alice, Method::GET, &path)
-        .send()
-        .await
-        .unwrap();
+    let response = facade.as_person(&alice, Method::GET, &path).answer().await;
     assert_eq!(
         expect(response, StatusCode::OK).await["Post"],
         post,
@@ -703,9 +657,8 @@ async fn only_the_owner_changes_or_deletes_a_post(pool: PgPool) {
 
     let deleted = facade
         .as_person(&alice, Method::DELETE, &format!("{path}/"))
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     assert_eq!(deleted.status(), StatusCode::NO_CONTENT);
     assert_eq!(
         deleted.bytes().await.unwrap().len(),
@@ -713,17 +666,12 @@ async fn only_the_owner_changes_or_deletes_a_post(pool: PgPool) {
         "204 has an empty body"
     );
 
-    let response = facade
-        .as_person(&alice, Method::GET, &path)
-        .send()
-        .await
-        .unwrap();
+    let response = facade.as_person(&alice, Method::GET, &path).answer().await;
     expect_error(response, StatusCode::NOT_FOUND).await;
     let response = facade
         .as_person(&alice, Method::DELETE, &path)
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     expect_error(response, StatusCode::NOT_FOUND).await;
 }
 
@@ -747,7 +695,7 @@ async fn the_token_is_checked_before_the_body(pool: PgPool) {
     ];
     for (method, path) in routes {
         // Neither token nor body: 401, not 422.
-        let response = facade.request(method.clone(), &path).send().await.unwrap();
+        let response = facade.request(method.clone(), &path).answer().await;
         let detail = expect_error(response, StatusCode::UNAUTHORIZED).await;
         assert_eq!(detail, "missing access token", "{method} {path}");
 
@@ -758,9 +706,8 @@ async fn the_token_is_checked_before_the_body(pool: PgPool) {
                 .header(header::AUTHORIZATION, authorization)
                 .header(header::CONTENT_TYPE, "application/json")
                 .body("{not json")
-                .send()
-                .await
-                .unwrap();
+                .answer()
+                .await;
             expect_error(response, StatusCode::UNAUTHORIZED).await;
         }
     }
@@ -777,9 +724,8 @@ async fn the_token_is_checked_before_the_body(pool: PgPool) {
     let response = facade
         .request(Method::GET, "/posts/")
         .bearer_auth(&forged)
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     expect_error(response, StatusCode::UNAUTHORIZED).await;
 
     // With a valid token, the malformed body is what is wrong.
@@ -787,9 +733,8 @@ async fn the_token_is_checked_before_the_body(pool: PgPool) {
         .as_person(&alice, Method::POST, "/posts/")
         .header(header::CONTENT_TYPE, "application/json")
         .body("{not json")
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     expect_error(response, StatusCode::UNPROCESSABLE_ENTITY).await;
 }
 
@@ -811,9 +756,8 @@ async fn votes_like_and_unlike(pool: PgPool) {
     let votes_of_post = || async {
         let response = facade
             .as_person(&alice, Method::GET, &format!("/posts/{post_id}"))
-            .send()
-            .await
-            .unwrap();
+            .answer()
+            .await;
         expect(response, StatusCode::OK).await["votes"].clone()
     };
 
@@ -880,11 +824,7 @@ async fn votes_like_and_unlike(pool: PgPool) {
 async fn openapi_document_and_docs_page(pool: PgPool) {
     let (_system, facade) = spawn_facade(pool).await;
 
-    let response = facade
-        .request(Method::GET, "/openapi.json")
-        .send()
-        .await
-        .unwrap();
+    let response = facade.request(Method::GET, "/openapi.json").answer().await;
     assert_eq!(response.headers()[header::CONTENT_TYPE], "application/json");
     let document = expect(response, StatusCode::OK).await;
     assert!(document["openapi"].as_str().unwrap().starts_with("3."));
@@ -949,7 +889,7 @@ async fn openapi_document_and_docs_page(pool: PgPool) {
         json!({"type": "http", "scheme": "bearer", "bearerFormat": "JWT", "description": "The `access_token` from `POST /login`"})
     );
 
-    let response = facade.request(Method::GET, "/docs").send().await.unwrap();
+    let response = facade.request(Method::GET, "/docs").answer().await;
     assert_eq!(response.status(), StatusCode::OK);
     let content_type = response.headers()[header::CONTENT_TYPE]
         .to_str()
@@ -965,20 +905,12 @@ async fn unknown_routes_and_oversized_bodies(pool: PgPool) {
     let (_system, facade) = spawn_facade(pool).await;
     let alice = facade.sign_up("alice@example.com").await;
 
-    let response = facade
-        .request(Method::GET, "/nothing-here")
-        .send()
-        .await
-        .unwrap();
+    let response = facade.request(Method::GET, "/nothing-here").answer().await;
     assert_eq!(
         expect_error(response, StatusCode::NOT_FOUND).await,
         "Not Found"
     );
-    let response = facade
-        .request(Method::DELETE, "/users/")
-        .send()
-        .await
-        .unwrap();
+    let response = facade.request(Method::DELETE, "/users/").answer().await;
     assert_eq!(
         expect_error(response, StatusCode::METHOD_NOT_ALLOWED).await,
         "Method Not Allowed"
@@ -988,9 +920,8 @@ async fn unknown_routes_and_oversized_bodies(pool: PgPool) {
     let response = facade
         .as_person(&alice, Method::POST, "/posts/")
         .json(&json!({"title": "Huge", "content": huge}))
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     expect_error(response, StatusCode::PAYLOAD_TOO_LARGE).await;
     let response = facade
         .request(Method::POST, "/login")
@@ -998,9 +929,8 @@ async fn unknown_routes_and_oversized_bodies(pool: PgPool) {
             ("username", "alice@example.com"),
             ("password", huge.as_str()),
         ])
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     expect_error(response, StatusCode::PAYLOAD_TOO_LARGE).await;
 }
 
@@ -1017,27 +947,24 @@ async fn an_upstream_that_is_down_is_503(pool: PgPool) {
     system.votes.stop().await;
     let response = facade
         .as_person(&alice, Method::GET, "/posts/")
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     let detail = expect_error(response, StatusCode::SERVICE_UNAVAILABLE).await;
     assert_eq!(detail, "votes-service unavailable, try again");
     // The facade cannot reach it itself either.
     let response = facade
         .as_person(&alice, Method::POST, "/vote/")
         .json(&json!({"post_id": post_id, "dir": 1}))
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     let detail = expect_error(response, StatusCode::SERVICE_UNAVAILABLE).await;
     assert_eq!(detail, "votes-service unavailable, try again");
 
     system.posts.stop().await;
     let response = facade
         .as_person(&alice, Method::GET, &format!("/posts/{post_id}"))
-        .send()
-        .await
-        .unwrap();
+        .answer()
+        .await;
     let detail = expect_error(response, StatusCode::SERVICE_UNAVAILABLE).await;
     assert_eq!(detail, "posts-service unavailable, try again");
 }
