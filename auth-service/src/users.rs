@@ -52,7 +52,7 @@ impl Email {
     }
 }
 
-/// Checks that an email is given and not too long.
+/// Checks that an email is given, not too long, and free of control characters.
 pub fn check_email_size(field: &str, email: &str) -> Result<(), ApiError> {
     if email.is_empty() {
         return Err(ApiError::invalid(field, "required"));
@@ -61,6 +61,13 @@ pub fn check_email_size(field: &str, email: &str) -> Result<(), ApiError> {
         return Err(ApiError::invalid(
             field,
             format!("at most {MAX_EMAIL_CHARS} characters"),
+        ));
+    }
+    // PostgreSQL text cannot hold a NUL; no address holds any control character.
+    if email.chars().any(char::is_control) {
+        return Err(ApiError::invalid(
+            field,
+            "must not contain control characters",
         ));
     }
     Ok(())

@@ -72,6 +72,13 @@ impl Query {
                 format!("at most {MAX_SEARCH_CHARS} characters"),
             ));
         }
+        // No title holds one, and PostgreSQL text cannot hold a NUL at all.
+        if search.chars().any(char::is_control) {
+            return Err(ApiError::invalid(
+                "search",
+                "must not contain control characters",
+            ));
+        }
         let filter = Filter {
             search: Some(search).filter(|s| !s.is_empty()).map(str::to_owned),
             owner_id: match owner_id {

@@ -518,6 +518,13 @@ async fn bad_paging_requests_are_invalid_arguments(pool: PgPool) {
             },
         ),
         (
+            "NUL in the search",
+            ListPostsRequest {
+                search: "a\0b".into(),
+                ..list(1)
+            },
+        ),
+        (
             "malformed owner",
             ListPostsRequest {
                 owner_id: "bob".into(),

@@ -111,6 +111,7 @@ async fn login_rejects_missing_and_oversized_fields(pool: PgPool) {
         ("empty email", "", PASSWORD, &["email"]),
         ("empty password", "alice@example.com", "", &["password"]),
         ("both empty", "", "", &["email", "password"]),
+        ("NUL in the email", "a\0b@example.com", PASSWORD, &["email"]),
         (
             "1 MB password",
             "alice@example.com",

@@ -87,6 +87,7 @@ async fn create_user_rejects_bad_fields_before_hashing(pool: PgPool) {
         ("no at sign", "alice.example.com", PASSWORD, &["email"]),
         ("no domain dot", "alice@localhost", PASSWORD, &["email"]),
         ("two at signs", "a@b@example.com", PASSWORD, &["email"]),
+        ("NUL in the email", "a\0b@example.com", PASSWORD, &["email"]),
         (
             "email over 254 characters",
             &format!("{long_local}@example.com"),

@@ -20,9 +20,9 @@ const UPSTREAM: &str = "auth-service";
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct LoginForm {
     /// The email address.
-    #[schema(example = "alice@example.com")]
+    #[schema(example = "alice@example.com", min_length = 1, max_length = 254)]
     pub username: String,
-    #[schema(format = "password")]
+    #[schema(format = "password", min_length = 1, max_length = 128)]
     pub password: String,
 }
 

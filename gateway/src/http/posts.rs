@@ -68,9 +68,11 @@ impl PostOut {
 /// or `owner_id`, are ignored: the id comes from the path, the owner from the token.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PostCreate {
-    #[schema(example = "Hello, Agora")]
+    /// Trimmed; no control characters.
+    #[schema(example = "Hello, Agora", min_length = 1, max_length = 200)]
     pub title: String,
-    #[schema(example = "My first post.")]
+    /// Trimmed; no control characters but newline and tab.
+    #[schema(example = "My first post.", min_length = 1, max_length = 10000)]
     pub content: String,
     /// Whether others can see the post.
     #[serde(default, deserialize_with = "present")]
@@ -82,10 +84,10 @@ pub struct PostCreate {
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct PostPatch {
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = String)]
+    #[schema(value_type = String, min_length = 1, max_length = 200)]
     pub title: Option<String>,
     #[serde(default, deserialize_with = "present")]
-    #[schema(value_type = String)]
+    #[schema(value_type = String, min_length = 1, max_length = 10000)]
     pub content: Option<String>,
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = bool)]

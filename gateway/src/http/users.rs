@@ -17,10 +17,15 @@ pub const UPSTREAM: &str = "auth-service";
 /// The body of `POST /users/`.
 #[derive(Debug, Deserialize, ToSchema)]
 pub struct UserCreate {
-    #[schema(format = "email", example = "alice@example.com")]
+    #[schema(format = "email", example = "alice@example.com", max_length = 254)]
     pub email: String,
     /// 8 to 128 characters.
-    #[schema(format = "password", example = "correct horse battery")]
+    #[schema(
+        format = "password",
+        example = "correct horse battery",
+        min_length = 8,
+        max_length = 128
+    )]
     pub password: String,
 }
 

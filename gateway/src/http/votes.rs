@@ -31,11 +31,13 @@ pub struct Dir(VoteDirection);
 
 impl<'de> Deserialize<'de> for Dir {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        match i64::deserialize(deserializer)? {
-            1 => Ok(Self(VoteDirection::Add)),
-            0 => Ok(Self(VoteDirection::Remove)),
-            other => Err(serde::de::Error::custom(format!(
-                "dir must be 1 (like) or 0 (take the like back), not {other}"
+        // JSON does not tell 1 from 1.0; pydantic takes both as the integer.
+        let number = serde_json::Number::deserialize(deserializer)?;
+        match number.as_f64() {
+            Some(1.0) => Ok(Self(VoteDirection::Add)),
+            Some(0.0) => Ok(Self(VoteDirection::Remove)),
+            _ => Err(serde::de::Error::custom(format!(
+                "dir must be 1 (like) or 0 (take the like back), not {number}"
             ))),
         }
     }
