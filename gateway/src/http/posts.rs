@@ -82,6 +82,7 @@ pub struct PostCreate {
 
 /// The body of `PATCH /posts/{id}`: the fields to change, at least one.
 #[derive(Debug, Deserialize, ToSchema)]
+#[schema(min_properties = 1)]
 pub struct PostPatch {
     #[serde(default, deserialize_with = "present")]
     #[schema(value_type = String, min_length = 1, max_length = 200)]
