@@ -8,6 +8,7 @@ use uuid::Uuid;
 
 use crate::{
     password::Passwords,
+    throttle::LoginThrottle,
     tokens::{IssuedToken, TokenIssuer},
     users::{self, Email, MIN_PASSWORD_CHARS, User},
 };
@@ -21,6 +22,7 @@ pub struct Accounts {
     pub pool: PgPool,
     pub passwords: Passwords,
     pub issuer: Arc<TokenIssuer>,
+    pub throttle: Arc<LoginThrottle>,
 }
 
 impl Accounts {
@@ -44,14 +46,25 @@ impl Accounts {
             users::check_email_size("email", email),
             users::check_password("password", &password, 1),
         )?;
+        if let Err(wait) = self.throttle.check(email) {
+            return Err(ApiError::ResourceExhausted {
+                message: format!(
+                    "too many failed logins for this email; try again in {} seconds",
+                    wait.as_secs().max(1)
+                ),
+                retry_after: wait,
+            });
+        }
         let credentials = {
             let mut conn = self.pool.acquire().await?;
             users::find_credentials(&mut conn, email).await?
         };
         let (user_id, hash) = credentials.unzip();
         if !self.passwords.verify(password, hash).await? {
+            self.throttle.record_failure(email);
             return Err(ApiError::Unauthenticated(BAD_CREDENTIALS));
         }
+        self.throttle.record_success(email);
         let user_id = user_id.expect("a matching password implies a stored user");
         tracing::Span::current().record("user_id", tracing::field::display(user_id));
         self.issuer.issue(user_id)

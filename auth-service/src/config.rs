@@ -11,6 +11,16 @@ pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "AUTH_LISTEN_ADDR", default_value = "127.0.0.1:50052")]
     pub listen: SocketAddr,
+    #[command(flatten)]
+    pub auth: AuthSettings,
+    #[command(flatten)]
+    pub common: CommonArgs,
+}
+
+/// How auth-service signs tokens and treats passwords; the gateway takes the same
+/// settings for the auth-service it runs itself.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AuthSettings {
     /// Ed25519 private key (PKCS#8 PEM, e.g. from `openssl genpkey -algorithm
     /// ed25519`) that signs access tokens. Without it, a key kept in the database is
     /// used, and made on first start.
@@ -24,8 +34,35 @@ pub struct Config {
     /// this wait, so hashing never starves other calls.
     #[arg(long, env = "PASSWORD_HASHING_CONCURRENCY", default_value_t = 0)]
     pub password_hashing_concurrency: usize,
-    #[command(flatten)]
-    pub common: CommonArgs,
+    /// Failed logins allowed per email within the window; then its logins are
+    /// refused (RESOURCE_EXHAUSTED) until the window ends. 0 turns this off.
+    #[arg(long, env = "LOGIN_MAX_FAILURES", default_value_t = 10)]
+    pub login_max_failures: u32,
+    /// The window for LOGIN_MAX_FAILURES, in seconds, from the first failure.
+    #[arg(long, env = "LOGIN_FAILURE_WINDOW_SECS", default_value_t = 900)]
+    pub login_failure_window_secs: u64,
+}
+
+impl Default for AuthSettings {
+    fn default() -> Self {
+        Self {
+            signing_key_file: None,
+            token_ttl_secs: 1800,
+            password_hashing_concurrency: 0,
+            login_max_failures: 10,
+            login_failure_window_secs: 900,
+        }
+    }
+}
+
+impl AuthSettings {
+    pub fn token_ttl(&self) -> Duration {
+        Duration::from_secs(self.token_ttl_secs)
+    }
+
+    pub fn login_failure_window(&self) -> Duration {
+        Duration::from_secs(self.login_failure_window_secs)
+    }
 }
 
 impl Config {
@@ -33,14 +70,8 @@ impl Config {
     pub fn ephemeral() -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            signing_key_file: None,
-            token_ttl_secs: 1800,
-            password_hashing_concurrency: 0,
+            auth: AuthSettings::default(),
             common: CommonArgs::default(),
         }
-    }
-
-    pub fn token_ttl(&self) -> Duration {
-        Duration::from_secs(self.token_ttl_secs)
     }
 }

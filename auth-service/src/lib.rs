@@ -9,6 +9,7 @@ pub mod config;
 mod grpc;
 mod keys;
 mod password;
+mod throttle;
 mod tokens;
 mod users;
 
@@ -22,7 +23,7 @@ use service_kit::{GrpcServer, ServedApi};
 use sqlx::PgPool;
 use tonic::{server::NamedService, service::Routes};
 
-pub use config::Config;
+pub use config::{AuthSettings, Config};
 
 /// Why auth-service could not start.
 #[derive(Debug, thiserror::Error)]
@@ -52,7 +53,7 @@ pub async fn build_with_pool(config: &Config, pool: PgPool) -> Result<GrpcServer
 
 /// auth-service's gRPC services, ready to serve on any server.
 pub async fn served_api(config: &Config, pool: PgPool) -> Result<ServedApi, StartupError> {
-    let keys = Arc::new(match &config.signing_key_file {
+    let keys = Arc::new(match &config.auth.signing_key_file {
         Some(path) => keys::SigningKeys::from_pem_file(path)?,
         None => keys::SigningKeys::load_or_create(&pool).await?,
     });
@@ -60,9 +61,16 @@ pub async fn served_api(config: &Config, pool: PgPool) -> Result<ServedApi, Star
     let verifier = Arc::new(TokenVerifier::new(StaticKeys(keys.published().clone())));
     let accounts = accounts::Accounts {
         pool: pool.clone(),
-        passwords: password::Passwords::new(config.password_hashing_concurrency)
+        passwords: password::Passwords::new(config.auth.password_hashing_concurrency)
             .map_err(StartupError::Passwords)?,
-        issuer: Arc::new(tokens::TokenIssuer::new(keys.clone(), config.token_ttl())),
+        issuer: Arc::new(tokens::TokenIssuer::new(
+            keys.clone(),
+            config.auth.token_ttl(),
+        )),
+        throttle: Arc::new(throttle::LoginThrottle::new(
+            config.auth.login_max_failures,
+            config.auth.login_failure_window(),
+        )),
     };
     let max_message_bytes = config.common.limits.max_message_bytes;
     let users = UserServiceServer::new(grpc::UserApi {

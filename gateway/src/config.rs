@@ -37,13 +37,9 @@ pub struct Config {
         default_value = "*"
     )]
     pub cors_allowed_origins: Vec<String>,
-    /// With the services embedded: the Ed25519 key that signs tokens (see auth-service).
-    #[arg(long, env = "SIGNING_KEY_FILE")]
-    pub signing_key_file: Option<PathBuf>,
-    /// With the services embedded: access token lifetime in seconds.
-    #[arg(long, env = "TOKEN_TTL_SECS", default_value_t = 1800,
-          value_parser = clap::value_parser!(u64).range(60..=3600))]
-    pub token_ttl_secs: u64,
+    /// Used only with the services embedded.
+    #[command(flatten)]
+    pub auth: auth_service::AuthSettings,
     /// The database is used only with the services embedded.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -78,8 +74,7 @@ impl Config {
             votes_service_url: None,
             jwks_file: None,
             cors_allowed_origins: vec!["*".to_owned()],
-            signing_key_file: None,
-            token_ttl_secs: 1800,
+            auth: auth_service::AuthSettings::default(),
             common: CommonArgs::default(),
         }
     }

@@ -34,13 +34,11 @@ impl EmbeddedServices {
 
         let auth_config = auth_service::Config {
             listen: loopback,
-            signing_key_file: config.signing_key_file.clone(),
-            token_ttl_secs: config.token_ttl_secs,
+            auth: config.auth.clone(),
             common: CommonArgs {
                 limits: config.common.limits.clone(),
                 ..CommonArgs::default()
             },
-            ..auth_service::Config::ephemeral()
         };
         let auth = auth_service::build_with_pool(&auth_config, pool.clone()).await?;
         let votes_config = votes_service::Config {

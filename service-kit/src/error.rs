@@ -19,6 +19,13 @@ pub enum ApiError {
     PermissionDenied(&'static str),
     #[error("{0}")]
     Unauthenticated(&'static str),
+    /// Too many attempts; the caller may try again after `retry_after`, which
+    /// travels as `google.rpc.RetryInfo`.
+    #[error("{message}")]
+    ResourceExhausted {
+        message: String,
+        retry_after: std::time::Duration,
+    },
     /// A dependency (the database, another service) did not answer in time.
     #[error("{what} unavailable")]
     Unavailable {
@@ -96,6 +103,14 @@ impl From<ApiError> for Status {
             ApiError::AlreadyExists(message) => Status::already_exists(message),
             ApiError::PermissionDenied(message) => Status::permission_denied(message),
             ApiError::Unauthenticated(message) => Status::unauthenticated(message),
+            ApiError::ResourceExhausted {
+                message,
+                retry_after,
+            } => Status::with_error_details(
+                Code::ResourceExhausted,
+                message,
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
             ApiError::Unavailable { what, source } => {
                 tracing::warn!(error = %error_chain(&*source), what, "dependency unavailable");
                 Status::unavailable(format!("{what} unavailable, try again"))

@@ -975,3 +975,23 @@ async fn an_upstream_that_is_down_is_503(pool: PgPool) {
     let detail = expect_error(response, StatusCode::SERVICE_UNAVAILABLE).await;
     assert_eq!(detail, "posts-service unavailable, try again");
 }
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn repeated_failed_logins_get_429(pool: PgPool) {
+    let (_system, facade) = spawn_facade(pool).await;
+    facade.register("alice@example.com").await;
+    let login = |password: &'static str| {
+        facade
+            .request(Method::POST, "/login")
+            .form(&[("username", "alice@example.com"), ("password", password)])
+            .answer()
+    };
+
+    // auth-service's default allowance: 10 failures per email per window.
+    for _ in 0..10 {
+        expect_error(login("a wrong guess").await, StatusCode::FORBIDDEN).await;
+    }
+    let detail = expect_error(login(PASSWORD).await, StatusCode::TOO_MANY_REQUESTS).await;
+
+    assert!(detail.contains("try again"), "{detail}");
+}

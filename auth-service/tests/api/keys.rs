@@ -61,7 +61,10 @@ async fn a_configured_key_file_signs_the_tokens(pool: PgPool) {
     let path = std::env::temp_dir().join(format!("agora-test-key-{}.pem", uuid::Uuid::now_v7()));
     std::fs::write(&path, key.to_pkcs8_pem(LineEnding::LF).unwrap().as_bytes()).unwrap();
     let config = Config {
-        signing_key_file: Some(path.clone()),
+        auth: auth_service::AuthSettings {
+            signing_key_file: Some(path.clone()),
+            ..Default::default()
+        },
         ..Config::ephemeral()
     };
 
@@ -92,7 +95,10 @@ async fn an_unusable_key_file_stops_start_up_with_a_clear_error(pool: PgPool) {
         (&missing, "cannot read the signing key file"),
     ] {
         let config = Config {
-            signing_key_file: Some(file.clone()),
+            auth: auth_service::AuthSettings {
+                signing_key_file: Some(file.clone()),
+                ..Default::default()
+            },
             ..Config::ephemeral()
         };
         let error = auth_service::build_with_pool(&config, pool.clone())

@@ -1,10 +1,14 @@
+use std::time::Duration;
+
 use access_token::{AUDIENCE, ISSUER};
 use agora_proto::auth::v1 as proto;
+use auth_service::{AuthSettings, Config};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use sqlx::PgPool;
 use tonic::Code;
+use tonic_types::StatusExt;
 
-use crate::helpers::{PASSWORD, assert_bad_request, spawn_app};
+use crate::helpers::{PASSWORD, assert_bad_request, spawn_app, spawn_app_with};
 
 fn json_part(token: &str, index: usize) -> serde_json::Value {
     let part = token.split('.').nth(index).expect("a JWT has three parts");
@@ -128,5 +132,79 @@ async fn login_rejects_missing_and_oversized_fields(pool: PgPool) {
     for (case, email, password, fields) in cases {
         let status = app.login(email, password).await.unwrap_err();
         assert_bad_request(&status, fields, case);
+    }
+}
+
+fn throttled_after(failures: u32) -> Config {
+    let auth = AuthSettings {
+        login_max_failures: failures,
+        ..AuthSettings::default()
+    };
+    Config {
+        auth,
+        ..Config::ephemeral()
+    }
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn repeated_failed_logins_for_an_email_are_refused_for_a_while(pool: PgPool) {
+    let app = spawn_app_with(pool, throttled_after(3)).await;
+    app.create_user("alice@example.com", PASSWORD)
+        .await
+        .unwrap();
+    app.create_user("bob@example.com", PASSWORD).await.unwrap();
+
+    for attempt in 1..=3 {
+        let status = app
+            .login("alice@example.com", "a wrong guess")
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated, "guess {attempt}");
+    }
+    let refused = app.login("ALICE@example.com", PASSWORD).await.unwrap_err();
+
+    assert_eq!(
+        refused.code(),
+        Code::ResourceExhausted,
+        "even the right password, for now: {refused:?}"
+    );
+    let retry = refused
+        .get_details_retry_info()
+        .expect("RetryInfo tells when to try again");
+    let delay = retry.retry_delay.expect("a delay");
+    assert!(
+        delay > Duration::ZERO && delay <= Duration::from_secs(900),
+        "{delay:?}"
+    );
+    app.login("bob@example.com", PASSWORD)
+        .await
+        .expect("other emails are not affected");
+
+    // An unregistered email is treated alike, so refusals reveal nothing.
+    for _ in 1..=3 {
+        app.login("nobody@example.com", "a wrong guess")
+            .await
+            .unwrap_err();
+    }
+    let status = app.login("nobody@example.com", PASSWORD).await.unwrap_err();
+    assert_eq!(status.code(), Code::ResourceExhausted);
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn a_successful_login_starts_the_count_afresh(pool: PgPool) {
+    let app = spawn_app_with(pool, throttled_after(3)).await;
+    app.create_user("alice@example.com", PASSWORD)
+        .await
+        .unwrap();
+
+    for round in 1..=3 {
+        for _ in 1..=2 {
+            app.login("alice@example.com", "a wrong guess")
+                .await
+                .unwrap_err();
+        }
+        app.login("alice@example.com", PASSWORD)
+            .await
+            .unwrap_or_else(|status| panic!("round {round}: {status:?}"));
     }
 }

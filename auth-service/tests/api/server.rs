@@ -122,7 +122,10 @@ async fn oversized_messages_are_refused(pool: PgPool) {
 async fn shutdown_lets_calls_in_flight_finish(pool: PgPool) {
     // One hash at a time: the registrations queue up inside the server.
     let config = Config {
-        password_hashing_concurrency: 1,
+        auth: auth_service::AuthSettings {
+            password_hashing_concurrency: 1,
+            ..Default::default()
+        },
         ..Config::ephemeral()
     };
     let app = spawn_app_with(pool, config).await;

@@ -48,6 +48,7 @@ pub struct Token {
         (status = 403, description = "Unknown email or wrong password", body = ErrorBody,
             example = json!({"detail": "Invalid Credentials"})),
         (status = 422, description = "A missing or empty field", body = ErrorBody),
+        (status = 429, description = "Too many failed logins for this email; try again later", body = ErrorBody),
     ),
 )]
 pub async fn login(
