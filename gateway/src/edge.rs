@@ -15,14 +15,14 @@ use std::{
 use access_token::{PublicMethods, RequireTokenLayer, TokenVerifier};
 use http::{HeaderName, HeaderValue};
 use prost_types::FileDescriptorSet;
-use service_kit::{ServerLimits, configured_server, incoming, rpc_trace_layer, with_reflection};
-use tokio::net::TcpListener;
-use tonic::{Status, service::Routes, transport::Channel};
-use tonic_health::{
-    ServingStatus,
-    pb::{HealthCheckRequest, health_check_response, health_client::HealthClient},
-    server::HealthReporter,
+use service_kit::{
+    ServerLimits, configured_server, health::HealthFollower, incoming, rpc_trace_layer,
+    with_reflection,
 };
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tonic::{Status, service::Routes, transport::Channel};
+use tonic_health::pb::{HealthCheckRequest, health_check_response, health_client::HealthClient};
 use tower::{Service, ServiceExt, limit::GlobalConcurrencyLimitLayer};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -58,9 +58,6 @@ const PUBLIC_SERVICES: &[(&str, Owner)] = &[
     ("agora.votes.v1.VoteService", Owner::Votes),
 ];
 
-const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(5);
-const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
-
 /// What the edge needs to serve.
 pub struct Edge {
     pub upstreams: Upstreams,
@@ -76,13 +73,33 @@ impl Edge {
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
         let (reporter, health_service) = tonic_health::server::health_reporter();
-        let mut followers = tokio::task::JoinSet::new();
+        // "" is the gateway itself; each public service follows its upstream.
+        let mut followers = Vec::new();
         for owner in [Owner::Auth, Owner::Posts, Owner::Votes] {
-            let mut health =
-                UpstreamHealth::new(self.upstreams.channel(owner), owner, reporter.clone());
-            // The first answer comes before serving, so health never says "unknown service".
-            health.probe().await;
-            followers.spawn(health.follow());
+            let names = PUBLIC_SERVICES
+                .iter()
+                .filter(|(_, o)| *o == owner)
+                .map(|(name, _)| *name)
+                .collect();
+            let client = HealthClient::new(self.upstreams.channel(owner));
+            let probe = move || {
+                let mut client = client.clone();
+                async move {
+                    let answer = client
+                        .check(HealthCheckRequest {
+                            service: String::new(),
+                        })
+                        .await;
+                    answer.is_ok_and(|answer| {
+                        answer.get_ref().status() == health_check_response::ServingStatus::Serving
+                    })
+                }
+            };
+            followers.push(
+                HealthFollower::new(owner.name(), reporter.clone(), names, probe)
+                    .start()
+                    .await,
+            );
         }
 
         let mut router = axum::Router::new();
@@ -117,7 +134,7 @@ impl Edge {
             .add_routes(routes)
             .serve_with_incoming_shutdown(incoming(listener), shutdown)
             .await;
-        followers.abort_all();
+        followers.iter().for_each(JoinHandle::abort);
         result
     }
 }
@@ -234,56 +251,4 @@ fn is_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
         cause = error.source();
     }
     false
-}
-
-/// Keeps the health of an upstream's services in step with the upstream's own.
-struct UpstreamHealth {
-    client: HealthClient<Channel>,
-    owner: Owner,
-    reporter: HealthReporter,
-    last: Option<ServingStatus>,
-}
-
-impl UpstreamHealth {
-    fn new(channel: Channel, owner: Owner, reporter: HealthReporter) -> Self {
-        Self {
-            client: HealthClient::new(channel),
-            owner,
-            reporter,
-            last: None,
-        }
-    }
-
-    async fn follow(mut self) {
-        loop {
-            tokio::time::sleep(HEALTH_PROBE_INTERVAL).await;
-            self.probe().await;
-        }
-    }
-
-    async fn probe(&mut self) {
-        let check = self.client.check(HealthCheckRequest {
-            service: String::new(),
-        });
-        let status = match tokio::time::timeout(HEALTH_PROBE_TIMEOUT, check).await {
-            Ok(Ok(answer))
-                if answer.get_ref().status() == health_check_response::ServingStatus::Serving =>
-            {
-                ServingStatus::Serving
-            }
-            _ => ServingStatus::NotServing,
-        };
-        if self.last == Some(status) {
-            return;
-        }
-        if status == ServingStatus::NotServing {
-            tracing::warn!(upstream = self.owner.name(), "upstream not serving");
-        }
-        for (name, owner) in PUBLIC_SERVICES {
-            if *owner == self.owner {
-                self.reporter.set_service_status(*name, status).await;
-            }
-        }
-        self.last = Some(status);
-    }
 }

@@ -8,6 +8,7 @@ pub mod config;
 pub mod database;
 pub mod error;
 pub mod fields;
+pub mod health;
 pub mod server;
 pub mod telemetry;
 

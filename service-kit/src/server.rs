@@ -13,7 +13,6 @@ use tonic::{
     service::Routes,
     transport::{Server, server::TcpIncoming},
 };
-use tonic_health::{ServingStatus, server::HealthReporter};
 use tower::limit::GlobalConcurrencyLimitLayer;
 use tower_http::{
     classify::{GrpcErrorsAsFailures, SharedClassifier},
@@ -21,11 +20,7 @@ use tower_http::{
 };
 use tracing::Span;
 
-use crate::ServerLimits;
-
-/// How often health follows the database, and how long one probe may take.
-const HEALTH_PROBE_INTERVAL: Duration = Duration::from_secs(5);
-const HEALTH_PROBE_TIMEOUT: Duration = Duration::from_secs(2);
+use crate::{ServerLimits, health::HealthFollower};
 
 /// What one server offers: its gRPC services and what they depend on.
 pub struct ServedApi {
@@ -95,14 +90,18 @@ impl GrpcServer {
         } = self;
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         // The first probe comes before serving, so health never says "unknown service".
-        let mut health = DatabaseHealth {
-            pool: api.pool.clone(),
-            reporter: health_reporter,
-            service_names: api.service_names.clone(),
-            last: None,
+        // The whole server ("") and each service follow the database.
+        let names = std::iter::once("")
+            .chain(api.service_names.iter().copied())
+            .collect();
+        let pool = api.pool.clone();
+        let database_probe = move || {
+            let pool = pool.clone();
+            async move { sqlx::query("select 1").execute(&pool).await.is_ok() }
         };
-        health.probe().await;
-        let health_probe = tokio::spawn(health.follow());
+        let health_probe = HealthFollower::new("database", health_reporter, names, database_probe)
+            .start()
+            .await;
 
         let routes = with_reflection(
             api.routes,
@@ -244,41 +243,6 @@ fn log_rpc_end(response: &http::Response<Body>, latency: Duration, _: &Span) {
     );
 }
 
-/// Keeps health in step with the database: SERVING while a trivial query answers.
-struct DatabaseHealth {
-    pool: PgPool,
-    reporter: HealthReporter,
-    service_names: Vec<&'static str>,
-    last: Option<ServingStatus>,
-}
-
-impl DatabaseHealth {
-    async fn follow(mut self) {
-        loop {
-            tokio::time::sleep(HEALTH_PROBE_INTERVAL).await;
-            self.probe().await;
-        }
-    }
-
-    async fn probe(&mut self) {
-        let query = sqlx::query("select 1").execute(&self.pool);
-        let status = match tokio::time::timeout(HEALTH_PROBE_TIMEOUT, query).await {
-            Ok(Ok(_)) => ServingStatus::Serving,
-            _ => ServingStatus::NotServing,
-        };
-        if self.last == Some(status) {
-            return;
-        }
-        if status == ServingStatus::NotServing {
-            tracing::warn!("database unreachable; health is NOT_SERVING");
-        }
-        for name in std::iter::once("").chain(self.service_names.iter().copied()) {
-            self.reporter.set_service_status(name, status).await;
-        }
-        self.last = Some(status);
-    }
-}
-
 /// Completes on SIGINT (Ctrl-C) or SIGTERM (what container runtimes send).
 pub async fn shutdown_signal() {
     let interrupt = async {
@@ -354,7 +318,7 @@ pub async fn check_health(listen: SocketAddr) -> ExitCode {
             .await?;
         Ok::<_, Box<dyn std::error::Error>>(response.into_inner().status())
     };
-    match tokio::time::timeout(HEALTH_PROBE_TIMEOUT, status).await {
+    match tokio::time::timeout(crate::health::PROBE_TIMEOUT, status).await {
         Ok(Ok(tonic_health::pb::health_check_response::ServingStatus::Serving)) => {
             ExitCode::SUCCESS
         }
