@@ -14,7 +14,6 @@ pub mod upstreams;
 
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
-use access_token::{AuthServiceKeys, TokenVerifier};
 use axum::serve::ListenerExt;
 use service_kit::{TokenKeysArgs, config::KeyConfigError, database::DatabaseError, with_grace};
 use tokio::{net::TcpListener, sync::watch};
@@ -62,14 +61,11 @@ pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
         }
     };
     let upstreams = Upstreams::connect(&urls)?;
-    let verifier = Arc::new(match &config.jwks_file {
-        Some(_) => TokenKeysArgs {
-            auth_service_url: urls.auth.clone(),
-            jwks_file: config.jwks_file.clone(),
-        }
-        .verifier()?,
-        None => TokenVerifier::new(AuthServiceKeys::new(upstreams.auth.clone())),
-    });
+    let token_keys = TokenKeysArgs {
+        auth_service_url: urls.auth.clone(),
+        jwks_file: config.jwks_file.clone(),
+    };
+    let verifier = Arc::new(token_keys.verifier()?);
     let bind = |address: SocketAddr| async move {
         TcpListener::bind(address)
             .await
