@@ -1,9 +1,14 @@
 //! Agora's gRPC contracts: the code generated from `agora/**/*.proto` for clients and
-//! servers, and the encoded file descriptor set that reflection serves.
+//! servers, the encoded file descriptor set that reflection serves, and the few
+//! facts every side of a contract must agree on: which RPCs exist and who may call
+//! them ([`RPCS`]), the largest page ([`MAX_PAGE_SIZE`]), and how an error names its
+//! reason ([`errors`]).
 
 /// Users and login (`agora.auth.v1`).
 pub mod auth {
     pub mod v1 {
+        // Proto comments wrap list items the way every language's docs read them.
+        #![allow(clippy::doc_lazy_continuation, clippy::doc_overindented_list_items)]
         tonic::include_proto!("agora.auth.v1");
     }
 }
@@ -11,6 +16,8 @@ pub mod auth {
 /// Posts (`agora.posts.v1`).
 pub mod posts {
     pub mod v1 {
+        // Proto comments wrap list items the way every language's docs read them.
+        #![allow(clippy::doc_lazy_continuation, clippy::doc_overindented_list_items)]
         tonic::include_proto!("agora.posts.v1");
     }
 }
@@ -18,9 +25,69 @@ pub mod posts {
 /// Likes (`agora.votes.v1`).
 pub mod votes {
     pub mod v1 {
+        // Proto comments wrap list items the way every language's docs read them.
+        #![allow(clippy::doc_lazy_continuation, clippy::doc_overindented_list_items)]
         tonic::include_proto!("agora.votes.v1");
     }
 }
+
+pub mod errors;
+
+/// The most posts one page holds and the most ids one batch call takes, as the
+/// contracts state: a page's owners and like counts are fetched in one batch each.
+pub const MAX_PAGE_SIZE: usize = 100;
+
+/// One RPC of the Agora API, and who may call it where.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rpc {
+    /// The fully qualified service name, from the generated code.
+    pub service: &'static str,
+    pub method: &'static str,
+    /// Whether a call needs an access token.
+    pub needs_token: bool,
+    /// Whether the gateway serves it. The others are internal: services call them
+    /// on each other, and the gateway answers them UNIMPLEMENTED.
+    pub public: bool,
+}
+
+impl Rpc {
+    /// The HTTP/2 path of the RPC, `/package.Service/Method`.
+    pub fn path(&self) -> String {
+        format!("/{}/{}", self.service, self.method)
+    }
+}
+
+const fn rpc(service: &'static str, method: &'static str, needs_token: bool, public: bool) -> Rpc {
+    Rpc {
+        service,
+        method,
+        needs_token,
+        public,
+    }
+}
+
+const USERS: &str = auth::v1::user_service_server::SERVICE_NAME;
+const AUTH: &str = auth::v1::auth_service_server::SERVICE_NAME;
+const POSTS: &str = posts::v1::post_service_server::SERVICE_NAME;
+const VOTES: &str = votes::v1::vote_service_server::SERVICE_NAME;
+
+/// Every Agora RPC, once. The servers' token checks and the gateway's routes are
+/// derived from this list; a test holds it equal to the descriptors.
+pub const RPCS: &[Rpc] = &[
+    rpc(USERS, "CreateUser", false, true),
+    rpc(USERS, "GetUser", true, true),
+    rpc(USERS, "BatchGetUsers", true, false),
+    rpc(AUTH, "Login", false, true),
+    rpc(AUTH, "VerifyToken", false, false),
+    rpc(AUTH, "GetJwks", false, false),
+    rpc(POSTS, "CreatePost", true, true),
+    rpc(POSTS, "GetPost", true, true),
+    rpc(POSTS, "ListPosts", true, true),
+    rpc(POSTS, "UpdatePost", true, true),
+    rpc(POSTS, "DeletePost", true, true),
+    rpc(VOTES, "Vote", true, true),
+    rpc(VOTES, "CountVotes", true, false),
+];
 
 /// Every Agora message and service, encoded as a `FileDescriptorSet`, for
 /// `grpc.reflection`.
@@ -29,4 +96,31 @@ pub const FILE_DESCRIPTOR_SET: &[u8] = tonic::include_file_descriptor_set!("agor
 /// [`FILE_DESCRIPTOR_SET`], decoded.
 pub fn file_descriptor_set() -> prost_types::FileDescriptorSet {
     prost::Message::decode(FILE_DESCRIPTOR_SET).expect("the embedded descriptor set decodes")
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use super::*;
+
+    #[test]
+    fn the_rpc_list_names_every_rpc_of_the_contracts_once() {
+        let declared: BTreeSet<String> = file_descriptor_set()
+            .file
+            .iter()
+            .filter(|file| file.package().starts_with("agora."))
+            .flat_map(|file| {
+                file.service.iter().flat_map(move |service| {
+                    service.method.iter().map(move |method| {
+                        format!("/{}.{}/{}", file.package(), service.name(), method.name())
+                    })
+                })
+            })
+            .collect();
+        let listed: Vec<String> = RPCS.iter().map(Rpc::path).collect();
+        let unique: BTreeSet<String> = listed.iter().cloned().collect();
+        assert_eq!(unique.len(), listed.len(), "an RPC is listed twice");
+        assert_eq!(unique, declared);
+    }
 }

@@ -24,6 +24,9 @@ pub struct Claims {
     pub aud: String,
     /// The token's unique id.
     pub jti: String,
+    /// The login session the token belongs to (OpenID Connect's `sid`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sid: Option<String>,
 }
 
 /// The verified identity behind a call, put into the request extensions by
@@ -32,6 +35,8 @@ pub struct Claims {
 pub struct Caller {
     pub user_id: Uuid,
     pub token_id: Uuid,
+    /// The login session, for tokens that name one.
+    pub session_id: Option<Uuid>,
     /// The token's `exp`, in seconds since the Unix epoch.
     pub expires_at: u64,
 }

@@ -8,6 +8,7 @@ use std::{
     task::{Context, Poll},
 };
 
+use agora_proto::Rpc;
 use http::{Request, Response, header::AUTHORIZATION};
 use tower::{Layer, Service};
 
@@ -17,29 +18,35 @@ use crate::{Caller, TokenError, TokenVerifier};
 /// services when given as `/package.Service/`. Everything else is protected, so a
 /// new method is safe until someone decides otherwise.
 #[derive(Debug, Clone, Default)]
-pub struct PublicMethods(Vec<&'static str>);
+pub struct PublicMethods(Vec<String>);
 
 impl PublicMethods {
     /// Health checks and reflection, public on every server.
     pub fn infrastructure() -> Self {
         Self(vec![
-            "/grpc.health.v1.Health/",
-            "/grpc.reflection.v1.ServerReflection/",
-            "/grpc.reflection.v1alpha.ServerReflection/",
+            "/grpc.health.v1.Health/".to_owned(),
+            "/grpc.reflection.v1.ServerReflection/".to_owned(),
+            "/grpc.reflection.v1alpha.ServerReflection/".to_owned(),
         ])
     }
 
-    pub fn with(mut self, path: &'static str) -> Self {
-        self.0.push(path);
-        self
+    /// The infrastructure and those of `rpcs` that need no token.
+    pub fn tokenless<'a>(rpcs: impl IntoIterator<Item = &'a Rpc>) -> Self {
+        let mut public = Self::infrastructure();
+        public.0.extend(
+            rpcs.into_iter()
+                .filter(|rpc| !rpc.needs_token)
+                .map(Rpc::path),
+        );
+        public
     }
 
     fn contains(&self, path: &str) -> bool {
         self.0.iter().any(|public| {
             if public.ends_with('/') {
-                path.starts_with(public)
+                path.starts_with(public.as_str())
             } else {
-                path == *public
+                path == public
             }
         })
     }
@@ -173,17 +180,17 @@ mod tests {
     }
 
     #[test]
-    fn public_methods_are_exact_paths_or_whole_services() {
-        let public = PublicMethods::infrastructure()
-            .with("/a.B/Open")
-            .with("/a.C/");
-        assert!(public.contains("/a.B/Open"));
+    fn public_methods_are_the_tokenless_rpcs_and_the_infrastructure() {
+        let public = PublicMethods::tokenless(agora_proto::RPCS);
+        assert!(public.contains("/agora.auth.v1.AuthService/Login"));
+        assert!(public.contains("/agora.auth.v1.UserService/CreateUser"));
+        assert!(public.contains("/grpc.health.v1.Health/Check"));
         assert!(
-            !public.contains("/a.B/OpenSesame"),
+            !public.contains("/agora.auth.v1.AuthService/LoginAs"),
             "an exact path is not a prefix"
         );
-        assert!(public.contains("/a.C/Anything"));
-        assert!(public.contains("/grpc.health.v1.Health/Check"));
-        assert!(!public.contains("/a.B/Closed"));
+        assert!(!public.contains("/agora.auth.v1.UserService/GetUser"));
+        assert!(!public.contains("/agora.posts.v1.PostService/CreatePost"));
+        assert!(!public.contains("/agora.posts.v1.PostService/Unknown"));
     }
 }

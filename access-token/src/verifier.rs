@@ -6,6 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use agora_proto::errors::ErrorReason;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use uuid::Uuid;
 
@@ -37,12 +38,26 @@ pub enum TokenError {
     Invalid,
 }
 
+impl TokenError {
+    /// The reason clients branch on; it also decides the status code.
+    pub fn reason(&self) -> ErrorReason {
+        match self {
+            TokenError::Missing => ErrorReason::TokenMissing,
+            TokenError::Malformed => ErrorReason::TokenMalformed,
+            TokenError::Expired => ErrorReason::TokenExpired,
+            TokenError::NotYetValid => ErrorReason::TokenNotYetValid,
+            TokenError::UnknownKey => ErrorReason::TokenKeyUnknown,
+            TokenError::KeysUnavailable => ErrorReason::TokenKeysUnavailable,
+            TokenError::Invalid => ErrorReason::TokenInvalid,
+        }
+    }
+}
+
 impl From<TokenError> for tonic::Status {
     fn from(error: TokenError) -> Self {
-        match error {
-            TokenError::KeysUnavailable => tonic::Status::unavailable(error.to_string()),
-            _ => tonic::Status::unauthenticated(error.to_string()),
-        }
+        error
+            .reason()
+            .status(error.to_string(), &[], Default::default())
     }
 }
 
@@ -101,9 +116,11 @@ impl TokenVerifier {
                 _ => TokenError::Invalid,
             })?
             .claims;
+        let uuid = |text: &str| Uuid::parse_str(text).map_err(|_| TokenError::Invalid);
         Ok(Caller {
-            user_id: Uuid::parse_str(&claims.sub).map_err(|_| TokenError::Invalid)?,
-            token_id: Uuid::parse_str(&claims.jti).map_err(|_| TokenError::Invalid)?,
+            user_id: uuid(&claims.sub)?,
+            token_id: uuid(&claims.jti)?,
+            session_id: claims.sid.as_deref().map(uuid).transpose()?,
             expires_at: claims.exp,
         })
     }

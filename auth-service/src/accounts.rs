@@ -1,8 +1,9 @@
 //! What auth-service does: register, log in, look users up.
 
-use std::sync::Arc;
+use std::{collections::HashMap, sync::Arc};
 
-use service_kit::{ApiError, error::both};
+use agora_proto::errors::ErrorReason;
+use service_kit::{ApiError, error::both, fields::distinct};
 use sqlx::PgPool;
 use uuid::Uuid;
 
@@ -10,11 +11,14 @@ use crate::{
     password::Passwords,
     throttle::LoginThrottle,
     tokens::{IssuedToken, TokenIssuer},
-    users::{self, Email, MIN_PASSWORD_CHARS, User},
+    users::{self, EMAIL, Email, MIN_PASSWORD_CHARS, USER_NOT_FOUND, User},
 };
 
 /// The one answer to every failed login, so it does not reveal which emails exist.
-const BAD_CREDENTIALS: &str = "incorrect email or password";
+const BAD_CREDENTIALS: ApiError = ApiError::Refused {
+    reason: ErrorReason::InvalidCredentials,
+    message: "incorrect email or password",
+};
 
 /// Everything the RPCs share.
 #[derive(Clone)]
@@ -41,13 +45,14 @@ impl Accounts {
 
     pub async fn login(&self, email: &str, password: String) -> Result<IssuedToken, ApiError> {
         // Only sizes are checked: a malformed address is simply not registered.
-        let email = email.trim();
-        both(
-            users::check_email_size("email", email),
+        let (email, ()) = both(
+            EMAIL.required("email", email),
             users::check_password("password", &password, 1),
         )?;
+        let email = email.as_str();
         if let Err(wait) = self.throttle.check(email) {
-            return Err(ApiError::ResourceExhausted {
+            return Err(ApiError::Throttled {
+                reason: ErrorReason::LoginThrottled,
                 message: format!(
                     "too many failed logins for this email; try again in {} seconds",
                     wait.as_secs().max(1)
@@ -62,7 +67,7 @@ impl Accounts {
         let (user_id, hash) = credentials.unzip();
         if !self.passwords.verify(password, hash).await? {
             self.throttle.record_failure(email);
-            return Err(ApiError::Unauthenticated(BAD_CREDENTIALS));
+            return Err(BAD_CREDENTIALS);
         }
         self.throttle.record_success(email);
         let user_id = user_id.expect("a matching password implies a stored user");
@@ -72,13 +77,25 @@ impl Accounts {
 
     pub async fn user(&self, id: Uuid) -> Result<User, ApiError> {
         let mut conn = self.pool.acquire().await?;
-        users::find(&mut conn, id)
-            .await?
-            .ok_or(ApiError::NotFound("user not found"))
+        users::find(&mut conn, id).await?.ok_or(USER_NOT_FOUND)
     }
 
-    pub async fn users(&self, ids: &[Uuid]) -> Result<Vec<User>, ApiError> {
-        let mut conn = self.pool.acquire().await?;
-        users::find_many(&mut conn, ids).await
+    /// The users with `ids`, in that order, repeats included (AIP-231). An unknown
+    /// id fails the whole call, unless `allow_missing` leaves it out.
+    pub async fn users(&self, ids: &[Uuid], allow_missing: bool) -> Result<Vec<User>, ApiError> {
+        let found = {
+            let mut conn = self.pool.acquire().await?;
+            users::find_many(&mut conn, &distinct(ids)).await?
+        };
+        let by_id: HashMap<Uuid, User> = found.into_iter().map(|user| (user.id, user)).collect();
+        let mut users = Vec::with_capacity(ids.len());
+        for id in ids {
+            match by_id.get(id) {
+                Some(user) => users.push(user.clone()),
+                None if allow_missing => {}
+                None => return Err(USER_NOT_FOUND),
+            }
+        }
+        Ok(users)
     }
 }

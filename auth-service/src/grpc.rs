@@ -6,10 +6,13 @@ use access_token::{TokenVerifier, caller, jwk_to_proto};
 use agora_proto::auth::v1::{
     self as proto, auth_service_server::AuthService, user_service_server::UserService,
 };
-use service_kit::fields::{parse_id, parse_ids};
+use service_kit::{
+    ApiError,
+    fields::{parse_id, parse_ids, parse_request_id},
+};
 use tonic::{Request, Response, Status};
 
-use crate::{accounts::Accounts, keys::SigningKeys, users::MAX_BATCH};
+use crate::{accounts::Accounts, keys::SigningKeys};
 
 pub struct UserApi {
     pub accounts: Accounts,
@@ -22,7 +25,12 @@ impl UserService for UserApi {
         &self,
         request: Request<proto::CreateUserRequest>,
     ) -> Result<Response<proto::CreateUserResponse>, Status> {
-        let proto::CreateUserRequest { email, password } = request.into_inner();
+        let proto::CreateUserRequest {
+            email,
+            password,
+            request_id,
+        } = request.into_inner();
+        parse_request_id("request_id", &request_id)?;
         let user = self.accounts.register(&email, password).await?;
         Ok(Response::new(proto::CreateUserResponse {
             user: Some(user.into()),
@@ -40,7 +48,7 @@ impl UserService for UserApi {
         tracing::Span::current().record("user_id", tracing::field::display(id));
         let user = self.accounts.user(id).await?;
         Ok(Response::new(proto::GetUserResponse {
-            user: Some(user.into()),
+            user: Some(user.seen_by(caller.user_id)),
         }))
     }
 
@@ -50,8 +58,9 @@ impl UserService for UserApi {
         request: Request<proto::BatchGetUsersRequest>,
     ) -> Result<Response<proto::BatchGetUsersResponse>, Status> {
         caller(&request)?;
-        let ids = parse_ids("ids", &request.get_ref().ids, MAX_BATCH)?;
-        let users = self.accounts.users(&ids).await?;
+        let request = request.get_ref();
+        let ids = parse_ids("ids", &request.ids)?;
+        let users = self.accounts.users(&ids, request.allow_missing).await?;
         Ok(Response::new(proto::BatchGetUsersResponse {
             users: users.into_iter().map(Into::into).collect(),
         }))
@@ -73,11 +82,15 @@ impl AuthService for AuthApi {
     ) -> Result<Response<proto::LoginResponse>, Status> {
         let proto::LoginRequest { email, password } = request.into_inner();
         let issued = self.accounts.login(&email, password).await?;
+        let expires_in =
+            prost_types::Duration::try_from(issued.expires_in).map_err(ApiError::internal)?;
         Ok(Response::new(proto::LoginResponse {
             access_token: issued.token,
             token_type: "bearer".to_owned(),
-            expires_in: issued.expires_in.as_secs() as i64,
+            expires_in: Some(expires_in),
             expire_time: Some(issued.expires_at.into()),
+            session_id: issued.session_id.to_string(),
+            refresh_token: String::new(),
         }))
     }
 
@@ -86,10 +99,11 @@ impl AuthService for AuthApi {
         &self,
         request: Request<proto::VerifyTokenRequest>,
     ) -> Result<Response<proto::VerifyTokenResponse>, Status> {
-        let caller = self
-            .verifier
-            .verify(request.get_ref().access_token.trim())
-            .await?;
+        let token = request.get_ref().access_token.trim();
+        if token.is_empty() {
+            return Err(ApiError::invalid("access_token", "required").into());
+        }
+        let caller = self.verifier.verify(token).await?;
         tracing::Span::current().record("user_id", tracing::field::display(caller.user_id));
         let expire_time = prost_types::Timestamp {
             seconds: caller.expires_at as i64,
@@ -99,6 +113,10 @@ impl AuthService for AuthApi {
             user_id: caller.user_id.to_string(),
             token_id: caller.token_id.to_string(),
             expire_time: Some(expire_time),
+            session_id: caller
+                .session_id
+                .map(|id| id.to_string())
+                .unwrap_or_default(),
         }))
     }
 

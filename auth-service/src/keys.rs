@@ -11,7 +11,7 @@ use jsonwebtoken::{
     Algorithm, EncodingKey,
     jwk::{Jwk, JwkSet, PublicKeyUse, ThumbprintHash},
 };
-use sqlx::PgPool;
+use sqlx::{Connection, PgConnection};
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -57,8 +57,8 @@ impl SigningKeys {
     /// The newest key stored in the database, made and stored first if there is
     /// none, so a developer needs no setup and restarts keep tokens valid. Every
     /// stored key is published, so tokens signed before a rotation stay valid.
-    pub async fn load_or_create(pool: &PgPool) -> Result<Self, KeyError> {
-        let mut tx = pool.begin().await?;
+    pub async fn load_or_create(conn: &mut PgConnection) -> Result<Self, KeyError> {
+        let mut tx = conn.begin().await?;
         // Replicas starting together must agree on one key.
         sqlx::query!("select pg_advisory_xact_lock(hashtext('auth.signing_keys'))")
             .execute(&mut *tx)

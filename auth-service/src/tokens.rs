@@ -12,9 +12,10 @@ use uuid::Uuid;
 
 use crate::keys::SigningKeys;
 
-/// A signed access token and when it stops being valid.
+/// A signed access token, the session it belongs to, and when it stops being valid.
 pub struct IssuedToken {
     pub token: String,
+    pub session_id: Uuid,
     pub expires_in: Duration,
     pub expires_at: SystemTime,
 }
@@ -30,7 +31,9 @@ impl TokenIssuer {
         Self { keys, ttl }
     }
 
+    /// A token for `user_id` in a new login session.
     pub fn issue(&self, user_id: Uuid) -> Result<IssuedToken, ApiError> {
+        let session_id = Uuid::now_v7();
         let now = SystemTime::now();
         let issued_at = now
             .duration_since(UNIX_EPOCH)
@@ -44,6 +47,7 @@ impl TokenIssuer {
             iss: ISSUER.to_owned(),
             aud: AUDIENCE.to_owned(),
             jti: Uuid::now_v7().to_string(),
+            sid: Some(session_id.to_string()),
         };
         let mut header = Header::new(Algorithm::EdDSA);
         header.kid = Some(self.keys.kid().to_owned());
@@ -51,6 +55,7 @@ impl TokenIssuer {
             .map_err(ApiError::internal)?;
         Ok(IssuedToken {
             token,
+            session_id,
             expires_in: self.ttl,
             expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
         })

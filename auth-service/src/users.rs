@@ -1,20 +1,22 @@
 //! Registered users: what makes a valid registration, and their rows in
 //! `auth.users`.
 
-use agora_proto::auth::v1 as proto;
+use agora_proto::{auth::v1 as proto, errors::ErrorReason};
 use email_address::EmailAddress;
-use service_kit::{ApiError, ConstraintExt, fields::timestamp};
+use service_kit::{ApiError, ConstraintExt, fields::TextRule, fields::timestamp};
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-pub const MAX_EMAIL_CHARS: usize = 254;
+/// An email address: at most 254 characters (RFC 5321), on one line.
+pub const EMAIL: TextRule = TextRule {
+    max_chars: 254,
+    multiline: false,
+};
 pub const MIN_PASSWORD_CHARS: usize = 8;
 pub const MAX_PASSWORD_CHARS: usize = 128;
-/// Largest number of ids one `BatchGetUsers` may ask for.
-pub const MAX_BATCH: usize = 100;
 
-/// A user as other people may see it: no password hash.
+/// A stored user: no password hash.
 #[derive(Debug, Clone)]
 pub struct User {
     pub id: Uuid,
@@ -22,6 +24,20 @@ pub struct User {
     pub create_time: OffsetDateTime,
 }
 
+impl User {
+    /// The user as `caller` may see them: the email is the user's own business.
+    pub fn seen_by(self, caller: Uuid) -> proto::User {
+        let own = self.id == caller;
+        let mut user = proto::User::from(self);
+        if !own {
+            user.email.clear();
+        }
+        user
+    }
+}
+
+/// The whole user, email included: for the user themself, and for other
+/// services (`BatchGetUsers`).
 impl From<User> for proto::User {
     fn from(user: User) -> Self {
         Self {
@@ -32,45 +48,28 @@ impl From<User> for proto::User {
     }
 }
 
+pub const USER_NOT_FOUND: ApiError = ApiError::Refused {
+    reason: ErrorReason::UserNotFound,
+    message: "user not found",
+};
+
 /// A syntactically valid email address, trimmed.
 pub struct Email(String);
 
 impl Email {
     pub fn parse(field: &str, raw: &str) -> Result<Self, ApiError> {
-        let email = raw.trim();
-        check_email_size(field, email)?;
-        let valid = EmailAddress::parse_with_options(email, Default::default())
+        let email = EMAIL.required(field, raw)?;
+        let valid = EmailAddress::parse_with_options(&email, Default::default())
             .is_ok_and(|address| address.domain().contains('.'));
         if !valid {
             return Err(ApiError::invalid(field, "not a valid email address"));
         }
-        Ok(Self(email.to_owned()))
+        Ok(Self(email))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
     }
-}
-
-/// Checks that an email is given, not too long, and free of control characters.
-pub fn check_email_size(field: &str, email: &str) -> Result<(), ApiError> {
-    if email.is_empty() {
-        return Err(ApiError::invalid(field, "required"));
-    }
-    if email.chars().count() > MAX_EMAIL_CHARS {
-        return Err(ApiError::invalid(
-            field,
-            format!("at most {MAX_EMAIL_CHARS} characters"),
-        ));
-    }
-    // PostgreSQL text cannot hold a NUL; no address holds any control character.
-    if email.chars().any(char::is_control) {
-        return Err(ApiError::invalid(
-            field,
-            "must not contain control characters",
-        ));
-    }
-    Ok(())
 }
 
 /// Checks a password's length before any hashing work, so an oversized one costs
@@ -112,7 +111,8 @@ pub async fn insert(
     .fetch_one(conn)
     .await
     .on_constraint(|constraint| {
-        (constraint == "users_email_key").then_some(ApiError::AlreadyExists(
+        (constraint == "users_email_key").then_some(ApiError::refused(
+            ErrorReason::EmailAlreadyRegistered,
             "a user with this email already exists",
         ))
     })
@@ -142,6 +142,7 @@ pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<User>, Api
     .await?)
 }
 
+/// The users with these ids, in no particular order; unknown ids are left out.
 pub async fn find_many(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<User>, ApiError> {
     Ok(sqlx::query_as!(
         User,

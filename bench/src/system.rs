@@ -51,7 +51,12 @@ impl System {
         let (stop, stopped) = watch::channel(false);
         let mut tasks = Vec::new();
         let config = gateway::Config::ephemeral();
-        let services = gateway::embedded::EmbeddedServices::bind(&config, pool.clone()).await?;
+        let services = gateway::embedded::EmbeddedServices::bind(
+            &pool,
+            config.auth.clone(),
+            &config.common.limits,
+        )
+        .await?;
         let urls = services.urls.clone();
         let mut running = services.spawn(stopped.clone());
         tasks.push(tokio::spawn(async move {
@@ -147,6 +152,7 @@ async fn sign_up(edge: Channel, caller: usize) -> Result<String, tonic::Status> 
     let user = CreateUserRequest {
         email: email.clone(),
         password: PASSWORD.to_owned(),
+        request_id: String::new(),
     };
     UserServiceClient::new(edge.clone())
         .create_user(user)

@@ -37,6 +37,11 @@ pub struct Config {
         default_value = "*"
     )]
     pub cors_allowed_origins: Vec<String>,
+    /// Whether the HTTP/JSON API shows every user's email (a post's owner, `GET
+    /// /users/{id}`), as the course API does. With false, an email is shown only
+    /// to its owner, as over gRPC.
+    #[arg(long, env = "HTTP_SHOW_EMAILS", default_value_t = true, action = clap::ArgAction::Set)]
+    pub http_show_emails: bool,
     /// Used only with the services embedded.
     #[command(flatten)]
     pub auth: auth_service::AuthSettings,
@@ -74,6 +79,7 @@ impl Config {
             votes_service_url: None,
             jwks_file: None,
             cors_allowed_origins: vec!["*".to_owned()],
+            http_show_emails: true,
             auth: auth_service::AuthSettings::default(),
             common: CommonArgs::default(),
         }

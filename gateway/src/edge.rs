@@ -13,6 +13,7 @@ use std::{
 };
 
 use access_token::{PublicMethods, RequireTokenLayer, TokenVerifier};
+use agora_proto::{RPCS, Rpc, errors::ErrorReason};
 use http::{HeaderName, HeaderValue};
 use prost_types::FileDescriptorSet;
 use service_kit::{
@@ -21,7 +22,7 @@ use service_kit::{
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tonic::{Status, service::Routes, transport::Channel};
+use tonic::{service::Routes, transport::Channel};
 use tonic_health::pb::{HealthCheckRequest, health_check_response, health_client::HealthClient};
 use tower::{Service, ServiceExt, limit::GlobalConcurrencyLimitLayer};
 use tower_http::cors::{AllowOrigin, CorsLayer};
@@ -36,27 +37,36 @@ enum Owner {
     Votes,
 }
 
+impl Owner {
+    const ALL: [Owner; 3] = [Owner::Auth, Owner::Posts, Owner::Votes];
+
+    fn of(rpc: &Rpc) -> Owner {
+        match rpc.service {
+            service if service.starts_with("agora.auth.") => Owner::Auth,
+            service if service.starts_with("agora.posts.") => Owner::Posts,
+            service if service.starts_with("agora.votes.") => Owner::Votes,
+            service => unreachable!("no service owns {service}"),
+        }
+    }
+}
+
 /// Every method served at the edge. Internal ones (batch look-ups, counts, key
 /// publication, token verification) are absent, so they answer UNIMPLEMENTED here.
-const PUBLIC_METHODS: &[(&str, Owner)] = &[
-    ("/agora.auth.v1.UserService/CreateUser", Owner::Auth),
-    ("/agora.auth.v1.UserService/GetUser", Owner::Auth),
-    ("/agora.auth.v1.AuthService/Login", Owner::Auth),
-    ("/agora.posts.v1.PostService/CreatePost", Owner::Posts),
-    ("/agora.posts.v1.PostService/GetPost", Owner::Posts),
-    ("/agora.posts.v1.PostService/ListPosts", Owner::Posts),
-    ("/agora.posts.v1.PostService/UpdatePost", Owner::Posts),
-    ("/agora.posts.v1.PostService/DeletePost", Owner::Posts),
-    ("/agora.votes.v1.VoteService/Vote", Owner::Votes),
-];
+fn public_rpcs() -> impl Iterator<Item = &'static Rpc> {
+    RPCS.iter().filter(|rpc| rpc.public)
+}
 
-/// The public services, and which upstream answers for their health.
-const PUBLIC_SERVICES: &[(&str, Owner)] = &[
-    ("agora.auth.v1.UserService", Owner::Auth),
-    ("agora.auth.v1.AuthService", Owner::Auth),
-    ("agora.posts.v1.PostService", Owner::Posts),
-    ("agora.votes.v1.VoteService", Owner::Votes),
-];
+/// The services with public methods, each once, and the upstream that answers
+/// for their health.
+fn public_services() -> Vec<(&'static str, Owner)> {
+    let mut services = Vec::new();
+    for rpc in public_rpcs() {
+        if !services.iter().any(|(name, _)| *name == rpc.service) {
+            services.push((rpc.service, Owner::of(rpc)));
+        }
+    }
+    services
+}
 
 /// What the edge needs to serve.
 pub struct Edge {
@@ -75,8 +85,9 @@ impl Edge {
         let (reporter, health_service) = tonic_health::server::health_reporter();
         // "" is the gateway itself; each public service follows its upstream.
         let mut followers = Vec::new();
-        for owner in [Owner::Auth, Owner::Posts, Owner::Votes] {
-            let names = PUBLIC_SERVICES
+        let services = public_services();
+        for owner in Owner::ALL {
+            let names = services
                 .iter()
                 .filter(|(_, o)| *o == owner)
                 .map(|(name, _)| *name)
@@ -103,25 +114,26 @@ impl Edge {
         }
 
         let mut router = axum::Router::new();
-        for (path, owner) in PUBLIC_METHODS {
+        for rpc in public_rpcs() {
+            let owner = Owner::of(rpc);
             let forward = Forward {
-                channel: self.upstreams.channel(*owner),
+                channel: self.upstreams.channel(owner),
                 upstream: owner.name(),
             };
-            router = router.route_service(path, forward);
+            router = router.route_service(&rpc.path(), forward);
         }
         let router = router.fallback(|| async {
-            Status::unimplemented("no such public method").into_http::<axum::body::Body>()
+            ErrorReason::MethodNotFound
+                .status("no such public method", &[], Default::default())
+                .into_http::<axum::body::Body>()
         });
-        let names: Vec<&'static str> = PUBLIC_SERVICES.iter().map(|(name, _)| *name).collect();
+        let names: Vec<&'static str> = services.iter().map(|(name, _)| *name).collect();
         let routes = with_reflection(Routes::from(router), public_descriptors(), &names)
             .add_service(health_service);
 
         // Anyone may register and log in; every other method needs a token, checked
         // here as well as by the owning service.
-        let public = PublicMethods::infrastructure()
-            .with("/agora.auth.v1.UserService/CreateUser")
-            .with("/agora.auth.v1.AuthService/Login");
+        let public = PublicMethods::tokenless(public_rpcs());
         let result = configured_server(&self.limits)
             .accept_http1(true)
             .layer(cors(&self.cors_allowed_origins))
@@ -169,7 +181,7 @@ fn public_descriptors() -> FileDescriptorSet {
             let prefix = format!("/{package}.{}/", service.name());
             service.method.retain(|method| {
                 let path = format!("{prefix}{}", method.name());
-                PUBLIC_METHODS.iter().any(|(public, _)| *public == path)
+                public_rpcs().any(|rpc| rpc.path() == path)
             });
         }
         file.service.retain(|service| !service.method.is_empty());
@@ -231,12 +243,19 @@ impl Service<http::Request<axum::body::Body>> for Forward {
             let request = request.map(tonic::body::Body::new);
             Ok(channel.oneshot(request).await.unwrap_or_else(|error| {
                 tracing::warn!(upstream, %error, "upstream call failed");
-                let status = if is_timeout(&error) {
-                    Status::deadline_exceeded(format!("{upstream} did not answer in time"))
+                let (reason, message) = if is_timeout(&error) {
+                    (ErrorReason::DependencyTimeout, "did not answer in time")
                 } else {
-                    Status::unavailable(format!("{upstream} unavailable, try again"))
+                    (ErrorReason::DependencyUnavailable, "unavailable, try again")
                 };
-                status.into_http()
+                let metadata = [("dependency", upstream)];
+                reason
+                    .status(
+                        format!("{upstream} {message}"),
+                        &metadata,
+                        Default::default(),
+                    )
+                    .into_http()
             }))
         })
     }

@@ -1,71 +1,107 @@
-//! The all-in-one mode: auth-, posts- and votes-service in the gateway's own
-//! process, each on a loopback port of its own, so the gateway talks to them
-//! exactly as it would to remote ones.
+//! The three services wired to each other: auth-service first, then votes-service
+//! (which verifies tokens with auth-service's keys), then posts-service (which asks
+//! both). The all-in-one mode runs them in the gateway's own process, each on a
+//! loopback port of its own, so the gateway talks to them exactly as it would to
+//! remote ones; the system tests wire them the same way.
 
 use std::net::SocketAddr;
 
-use service_kit::{CommonArgs, GrpcServer};
+use service_kit::{CommonArgs, GrpcServer, ServerLimits, StartupError, service::build_with_pool};
 use sqlx::PgPool;
 use tokio::{sync::watch, task::JoinSet};
 
-use crate::{config::Config, upstreams::UpstreamUrls};
+use crate::upstreams::UpstreamUrls;
 
-/// Why an embedded service could not start.
-#[derive(Debug, thiserror::Error)]
-pub enum EmbeddedError {
-    #[error("auth-service: {0}")]
-    Auth(#[from] auth_service::StartupError),
-    #[error("posts-service: {0}")]
-    Posts(#[from] posts_service::StartupError),
-    #[error("votes-service: {0}")]
-    Votes(#[from] votes_service::StartupError),
+/// One value for each service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PerService<T> {
+    pub auth: T,
+    pub votes: T,
+    pub posts: T,
 }
 
-/// The three services, bound and ready to serve.
+impl PerService<SocketAddr> {
+    /// Free loopback ports, chosen by the system.
+    pub fn ephemeral() -> Self {
+        let any = SocketAddr::from(([127, 0, 0, 1], 0));
+        Self {
+            auth: any,
+            votes: any,
+            posts: any,
+        }
+    }
+}
+
+/// Why one of the services could not start.
+#[derive(Debug, thiserror::Error)]
+#[error("{service}: {source}")]
+pub struct EmbeddedError {
+    service: &'static str,
+    source: StartupError,
+}
+
+/// Binds the three services at `addresses` on an already migrated database, each
+/// knowing where the others are.
+pub async fn bind_services(
+    pool: &PgPool,
+    addresses: PerService<SocketAddr>,
+    auth: auth_service::AuthSettings,
+    limits: &ServerLimits,
+) -> Result<PerService<GrpcServer>, EmbeddedError> {
+    let url = |server: &GrpcServer| format!("http://{}", server.local_addr());
+    let common = || CommonArgs {
+        limits: limits.clone(),
+        ..CommonArgs::default()
+    };
+    let failed = |service| move |source| EmbeddedError { service, source };
+
+    let auth_config = auth_service::Config {
+        listen: addresses.auth,
+        auth,
+        common: common(),
+    };
+    let auth = build_with_pool(&auth_config, pool.clone())
+        .await
+        .map_err(failed("auth-service"))?;
+    let votes_config = votes_service::Config {
+        listen: addresses.votes,
+        common: common(),
+        ..votes_service::Config::ephemeral(url(&auth))
+    };
+    let votes = build_with_pool(&votes_config, pool.clone())
+        .await
+        .map_err(failed("votes-service"))?;
+    let posts_config = posts_service::Config {
+        listen: addresses.posts,
+        common: common(),
+        ..posts_service::Config::ephemeral(url(&auth), url(&votes))
+    };
+    let posts = build_with_pool(&posts_config, pool.clone())
+        .await
+        .map_err(failed("posts-service"))?;
+    Ok(PerService { auth, votes, posts })
+}
+
+/// The three services, bound on loopback and ready to serve.
 pub struct EmbeddedServices {
-    servers: Vec<GrpcServer>,
+    servers: PerService<GrpcServer>,
     pub urls: UpstreamUrls,
 }
 
 impl EmbeddedServices {
-    pub async fn bind(config: &Config, pool: PgPool) -> Result<Self, EmbeddedError> {
-        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    pub async fn bind(
+        pool: &PgPool,
+        auth: auth_service::AuthSettings,
+        limits: &ServerLimits,
+    ) -> Result<Self, EmbeddedError> {
+        let servers = bind_services(pool, PerService::ephemeral(), auth, limits).await?;
         let url = |server: &GrpcServer| format!("http://{}", server.local_addr());
-
-        let auth_config = auth_service::Config {
-            listen: loopback,
-            auth: config.auth.clone(),
-            common: CommonArgs {
-                limits: config.common.limits.clone(),
-                ..CommonArgs::default()
-            },
-        };
-        let auth = auth_service::build_with_pool(&auth_config, pool.clone()).await?;
-        let votes_config = votes_service::Config {
-            common: CommonArgs {
-                limits: config.common.limits.clone(),
-                ..CommonArgs::default()
-            },
-            ..votes_service::Config::ephemeral(url(&auth))
-        };
-        let votes = votes_service::build_with_pool(&votes_config, pool.clone()).await?;
-        let posts_config = posts_service::Config {
-            common: CommonArgs {
-                limits: config.common.limits.clone(),
-                ..CommonArgs::default()
-            },
-            ..posts_service::Config::ephemeral(url(&auth), url(&votes))
-        };
-        let posts = posts_service::build_with_pool(&posts_config, pool).await?;
         let urls = UpstreamUrls {
-            auth: url(&auth),
-            posts: url(&posts),
-            votes: url(&votes),
+            auth: url(&servers.auth),
+            posts: url(&servers.posts),
+            votes: url(&servers.votes),
         };
-        Ok(Self {
-            servers: vec![auth, posts, votes],
-            urls,
-        })
+        Ok(Self { servers, urls })
     }
 
     /// Serves the three until `stop` turns true, then lets their calls finish.
@@ -74,7 +110,8 @@ impl EmbeddedServices {
         stop: watch::Receiver<bool>,
     ) -> JoinSet<Result<(), tonic::transport::Error>> {
         let mut tasks = JoinSet::new();
-        for server in self.servers {
+        let PerService { auth, votes, posts } = self.servers;
+        for server in [auth, votes, posts] {
             let mut stop = stop.clone();
             tasks.spawn(server.run_until(async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;

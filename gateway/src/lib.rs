@@ -15,7 +15,9 @@ pub mod upstreams;
 use std::{future::Future, net::SocketAddr, sync::Arc};
 
 use axum::serve::ListenerExt;
-use service_kit::{TokenKeysArgs, config::KeyConfigError, database::DatabaseError, with_grace};
+use service_kit::{
+    Serve, TokenKeysArgs, config::KeyConfigError, database::DatabaseError, with_grace,
+};
 use tokio::{net::TcpListener, sync::watch};
 
 pub use config::Config;
@@ -56,7 +58,8 @@ pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
         Some(urls) => (urls, None),
         None => {
             let pool = service_kit::database::connect(&config.common.database).await?;
-            let services = EmbeddedServices::bind(config, pool).await?;
+            let services =
+                EmbeddedServices::bind(&pool, config.auth.clone(), &config.common.limits).await?;
             (services.urls.clone(), Some(services))
         }
     };
@@ -74,7 +77,7 @@ pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
     Ok(Gateway {
         grpc: bind(config.grpc_listen).await?,
         http: bind(config.http_listen).await?,
-        http_router: http::router(upstreams.clone(), verifier.clone()),
+        http_router: http::router(upstreams.clone(), verifier.clone(), config.http_show_emails),
         edge: edge::Edge {
             upstreams,
             verifier,
@@ -149,5 +152,23 @@ impl Gateway {
         }
         grpc.unwrap_or(Ok(())).map_err(std::io::Error::other)?;
         http.unwrap_or(Ok(()))
+    }
+}
+
+impl Serve for Gateway {
+    type Error = std::io::Error;
+
+    fn announce(&self, name: &str) {
+        tracing::info!(
+            grpc = %self.grpc_addr(),
+            http = %format!("http://{}", self.http_addr()),
+            docs = %format!("http://{}/docs", self.http_addr()),
+            services = if self.is_embedded() { "embedded" } else { "upstream" },
+            "{name} listening"
+        );
+    }
+
+    fn run_until_stopped(self) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        self.run_until(service_kit::shutdown_signal())
     }
 }

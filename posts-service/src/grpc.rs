@@ -1,21 +1,32 @@
-//! The gRPC adapter: unpack a request, validate it, call [`crate::posts`] or
-//! [`crate::listing`], and describe the result with [`Neighbours`].
+//! The gRPC adapter: unpack a request, call [`crate::posts`] or [`crate::listing`],
+//! and describe the result with [`Neighbours`].
 
 use access_token::caller;
 use agora_proto::posts::v1::{self as proto, post_service_server::PostService};
-use service_kit::{ApiError, error::both, fields::parse_id};
-use sqlx::PgPool;
+use service_kit::{
+    ApiError,
+    fields::{parse_id, parse_request_id},
+};
+use sqlx::{PgPool, Postgres, pool::PoolConnection};
 use tonic::{Request, Response, Status, metadata::AsciiMetadataValue};
 
 use crate::{
     listing::{self, Query},
     neighbours::Neighbours,
-    posts::{self, Changes},
+    posts::{self, Changes, NewPost, parse_etag},
 };
 
 pub struct PostApi {
     pub pool: PgPool,
     pub neighbours: Neighbours,
+}
+
+impl PostApi {
+    /// A connection for one request's statements, given back before the
+    /// neighbours are asked.
+    async fn connection(&self) -> Result<PoolConnection<Postgres>, ApiError> {
+        Ok(self.pool.acquire().await?)
+    }
 }
 
 /// The caller's `authorization` metadata, to pass on to the neighbours.
@@ -24,7 +35,12 @@ fn authorization<T>(request: &Request<T>) -> Result<AsciiMetadataValue, Status> 
         .metadata()
         .get("authorization")
         .cloned()
-        .ok_or_else(|| Status::unauthenticated("missing access token"))
+        .ok_or_else(|| access_token::TokenError::Missing.into())
+}
+
+/// The request's `post`, which every method that takes one requires.
+fn required_post(post: Option<proto::Post>) -> Result<proto::Post, ApiError> {
+    post.ok_or_else(|| ApiError::invalid("post", "required"))
 }
 
 fn record(field: &str, value: impl std::fmt::Display) {
@@ -41,18 +57,10 @@ impl PostService for PostApi {
         let (caller, authorization) = (caller(&request)?, authorization(&request)?);
         record("user_id", caller.user_id);
         let request = request.into_inner();
-        let (title, content) = both(
-            posts::title(&request.title),
-            posts::content(&request.content),
-        )?;
-        let row = posts::insert(
-            &self.pool,
-            caller.user_id,
-            &title,
-            &content,
-            request.published.unwrap_or(true),
-        )
-        .await?;
+        let post = required_post(request.post)?;
+        parse_request_id("request_id", &request.request_id)?;
+        let new = NewPost::parse(&post.title, &post.content, post.published)?;
+        let row = posts::insert(&mut *self.connection().await?, caller.user_id, &new).await?;
         record("post_id", row.id);
         let post = self.neighbours.describe_one(row, &authorization).await?;
         Ok(Response::new(proto::CreatePostResponse {
@@ -69,10 +77,7 @@ impl PostService for PostApi {
         record("user_id", caller.user_id);
         let id = parse_id("id", &request.get_ref().id)?;
         record("post_id", id);
-        let row = posts::find(&self.pool, id)
-            .await?
-            .filter(|row| row.visible_to(caller.user_id))
-            .ok_or(ApiError::NotFound("post not found"))?;
+        let row = posts::get(&mut *self.connection().await?, id, caller.user_id).await?;
         let post = self.neighbours.describe_one(row, &authorization).await?;
         Ok(Response::new(proto::GetPostResponse { post: Some(post) }))
     }
@@ -86,7 +91,7 @@ impl PostService for PostApi {
         record("user_id", caller.user_id);
         let r = request.get_ref();
         let query = Query::parse(r.page_size, &r.page_token, r.skip, &r.search, &r.owner_id)?;
-        let page = listing::list(&self.pool, caller.user_id, &query).await?;
+        let page = listing::list(&mut *self.connection().await?, caller.user_id, &query).await?;
         record("posts", page.posts.len());
         let posts = self.neighbours.describe(page.posts, &authorization).await?;
         Ok(Response::new(proto::ListPostsResponse {
@@ -103,17 +108,23 @@ impl PostService for PostApi {
         let (caller, authorization) = (caller(&request)?, authorization(&request)?);
         record("user_id", caller.user_id);
         let request = request.into_inner();
-        let id = parse_id("id", &request.id)?;
+        let post = required_post(request.post)?;
+        let id = parse_id("post.id", &post.id)?;
         record("post_id", id);
-        let changes = changes(&request)?;
-        let row = match posts::update_owned(&self.pool, id, caller.user_id, &changes).await? {
-            Some(row) => row,
-            None => {
-                return Err(posts::why_not_owner(&self.pool, id, caller.user_id)
-                    .await
-                    .into());
-            }
-        };
+        let revision = parse_etag("post.etag", &post.etag)?;
+        let mask = request
+            .update_mask
+            .as_ref()
+            .map(|mask| mask.paths.as_slice());
+        let changes = Changes::parse(&post.title, &post.content, post.published, mask)?;
+        let row = posts::update(
+            &mut *self.connection().await?,
+            id,
+            caller.user_id,
+            revision,
+            &changes,
+        )
+        .await?;
         let post = self.neighbours.describe_one(row, &authorization).await?;
         Ok(Response::new(proto::UpdatePostResponse {
             post: Some(post),
@@ -127,61 +138,11 @@ impl PostService for PostApi {
     ) -> Result<Response<proto::DeletePostResponse>, Status> {
         let caller = caller(&request)?;
         record("user_id", caller.user_id);
-        let id = parse_id("id", &request.get_ref().id)?;
+        let request = request.get_ref();
+        let id = parse_id("id", &request.id)?;
         record("post_id", id);
-        if !posts::delete_owned(&self.pool, id, caller.user_id).await? {
-            return Err(posts::why_not_owner(&self.pool, id, caller.user_id)
-                .await
-                .into());
-        }
+        let revision = parse_etag("etag", &request.etag)?;
+        posts::delete(&mut *self.connection().await?, id, caller.user_id, revision).await?;
         Ok(Response::new(proto::DeletePostResponse {}))
-    }
-}
-
-/// What an update changes: without a mask, everything (PUT: title and content
-/// required, `published` true when absent); with one, only the fields it names
-/// (PATCH).
-fn changes(request: &proto::UpdatePostRequest) -> Result<Changes, ApiError> {
-    let Some(mask) = &request.update_mask else {
-        let (title, content) = both(
-            posts::title(&request.title),
-            posts::content(&request.content),
-        )?;
-        return Ok(Changes {
-            title: Some(title),
-            content: Some(content),
-            published: Some(request.published.unwrap_or(true)),
-        });
-    };
-    if mask.paths.is_empty() {
-        return Err(ApiError::invalid(
-            "update_mask",
-            "name at least one of title, content, published",
-        ));
-    }
-    let mut changes = Changes::default();
-    let mut violations = Vec::new();
-    for path in &mask.paths {
-        let outcome = match path.as_str() {
-            "title" => posts::title(&request.title).map(|title| changes.title = Some(title)),
-            "content" => {
-                posts::content(&request.content).map(|content| changes.content = Some(content))
-            }
-            "published" => {
-                changes.published = Some(request.published.unwrap_or(false));
-                Ok(())
-            }
-            other => Err(ApiError::invalid(
-                "update_mask",
-                format!("unknown field {other:?}; use title, content or published"),
-            )),
-        };
-        if let Err(ApiError::InvalidArgument(more)) = outcome {
-            violations.extend(more);
-        }
-    }
-    match violations.is_empty() {
-        true => Ok(changes),
-        false => Err(ApiError::InvalidArgument(violations)),
     }
 }

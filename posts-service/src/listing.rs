@@ -1,18 +1,25 @@
 //! Listing posts: newest first, filtered, paged by opaque tokens (AIP-158) or by
 //! offset (the course API's `limit` and `skip`).
 
+use agora_proto::MAX_PAGE_SIZE;
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use serde::{Deserialize, Serialize};
-use service_kit::ApiError;
-use sqlx::PgPool;
+use service_kit::{
+    ApiError,
+    fields::{TextRule, parse_optional_id},
+};
+use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
 use crate::posts::PostRow;
 
 pub const DEFAULT_PAGE_SIZE: i64 = 10;
-pub const MAX_PAGE_SIZE: i64 = 100;
-pub const MAX_SEARCH_CHARS: usize = 100;
+/// A search: one line of at most 100 characters, matched as given.
+pub const SEARCH: TextRule = TextRule {
+    max_chars: 100,
+    multiline: false,
+};
 
 /// Which posts to list; validated from a `ListPostsRequest`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -64,27 +71,12 @@ impl Query {
         let page_size = match i64::from(page_size) {
             size if size < 0 => return Err(ApiError::invalid("page_size", "must not be negative")),
             0 => DEFAULT_PAGE_SIZE,
-            size => size.min(MAX_PAGE_SIZE),
+            size => size.min(MAX_PAGE_SIZE as i64),
         };
-        if search.chars().count() > MAX_SEARCH_CHARS {
-            return Err(ApiError::invalid(
-                "search",
-                format!("at most {MAX_SEARCH_CHARS} characters"),
-            ));
-        }
-        // No title holds one, and PostgreSQL text cannot hold a NUL at all.
-        if search.chars().any(char::is_control) {
-            return Err(ApiError::invalid(
-                "search",
-                "must not contain control characters",
-            ));
-        }
+        SEARCH.check("search", search)?;
         let filter = Filter {
             search: Some(search).filter(|s| !s.is_empty()).map(str::to_owned),
-            owner_id: match owner_id {
-                "" => None,
-                id => Some(service_kit::fields::parse_id("owner_id", id)?),
-            },
+            owner_id: parse_optional_id("owner_id", owner_id)?,
         };
         let start = match (page_token, skip) {
             (_, skip) if skip < 0 => return Err(ApiError::invalid("skip", "must not be negative")),
@@ -113,7 +105,7 @@ pub struct Page {
 
 /// The posts `caller` may see that match `query`: published ones and the caller's
 /// own drafts, newest first. One query, whatever the page size.
-pub async fn list(pool: &PgPool, caller: Uuid, query: &Query) -> Result<Page, ApiError> {
+pub async fn list(conn: &mut PgConnection, caller: Uuid, query: &Query) -> Result<Page, ApiError> {
     let (after, skip) = match &query.start {
         Start::After(cursor) => (Some(*cursor), 0),
         Start::Skip(skip) => (None, *skip),
@@ -126,10 +118,11 @@ pub async fn list(pool: &PgPool, caller: Uuid, query: &Query) -> Result<Page, Ap
     // One row more than the page tells whether another page follows.
     let mut posts = sqlx::query_as!(
         PostRow,
-        r#"select id, owner_id, title, content, published, create_time, update_time
-             from posts.posts
-            where (published or owner_id = $1)
-              and ($2::uuid is null or owner_id = $2)
+        r#"select id as "id!", owner_id as "owner_id!", title as "title!", content as "content!",
+                  published as "published!", create_time as "create_time!",
+                  update_time as "update_time!", revision as "revision!"
+             from posts.visible_posts($1)
+            where ($2::uuid is null or owner_id = $2)
               and ($3::text is null or title ilike $3 escape '\')
               and ($4::timestamptz is null or (create_time, id) < ($4, $5::uuid))
             order by create_time desc, id desc
@@ -142,7 +135,7 @@ pub async fn list(pool: &PgPool, caller: Uuid, query: &Query) -> Result<Page, Ap
         query.page_size + 1,
         skip
     )
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?;
     let next_page_token = if posts.len() as i64 > query.page_size {
         posts.truncate(query.page_size as usize);

@@ -4,12 +4,16 @@
 use std::collections::HashMap;
 
 use agora_proto::{
-    auth::v1::{BatchGetUsersRequest, User, user_service_client::UserServiceClient},
+    auth::v1::{BatchGetUsersRequest, UserProfile, user_service_client::UserServiceClient},
     posts::v1 as proto,
     votes::v1::{CountVotesRequest, PostVotes, vote_service_client::VoteServiceClient},
 };
-use service_kit::{ApiError, fields::timestamp};
+use service_kit::{
+    ApiError,
+    fields::{distinct, timestamp},
+};
 use tonic::{Code, Request, Status, metadata::AsciiMetadataValue, transport::Channel};
+use uuid::Uuid;
 
 use crate::posts::PostRow;
 
@@ -31,17 +35,20 @@ impl Neighbours {
         if rows.is_empty() {
             return Ok(Vec::new());
         }
-        let mut owner_ids: Vec<String> = rows.iter().map(|row| row.owner_id.to_string()).collect();
-        owner_ids.sort_unstable();
-        owner_ids.dedup();
+        let owner_ids: Vec<Uuid> = rows.iter().map(|row| row.owner_id).collect();
+        let owner_ids = distinct(&owner_ids).iter().map(Uuid::to_string).collect();
         let post_ids = rows.iter().map(|row| row.id.to_string()).collect();
 
         let mut users = self.users.clone();
         let mut votes = self.votes.clone();
         let (owners, counts) = tokio::try_join!(
             async {
-                let request =
-                    with_authorization(BatchGetUsersRequest { ids: owner_ids }, authorization);
+                // An owner deleted meanwhile must not fail the page.
+                let batch = BatchGetUsersRequest {
+                    ids: owner_ids,
+                    allow_missing: true,
+                };
+                let request = with_authorization(batch, authorization);
                 users
                     .batch_get_users(request)
                     .await
@@ -55,11 +62,18 @@ impl Neighbours {
                     .map_err(|status| unavailable("votes-service", status))
             },
         )?;
-        let owners: HashMap<String, User> = owners
+        // Only what anyone may see of a person: never the email.
+        let owners: HashMap<String, UserProfile> = owners
             .into_inner()
             .users
             .into_iter()
-            .map(|user| (user.id.clone(), user))
+            .map(|user| {
+                let profile = UserProfile {
+                    id: user.id.clone(),
+                    create_time: user.create_time,
+                };
+                (user.id, profile)
+            })
             .collect();
         let counts: HashMap<String, PostVotes> = counts
             .into_inner()
@@ -76,13 +90,14 @@ impl Neighbours {
                 let votes = counts.get(&id);
                 proto::Post {
                     owner: owners.get(&owner_id).cloned(),
-                    like_count: votes.map_or(0, |votes| votes.like_count),
-                    liked_by_caller: votes.is_some_and(|votes| votes.liked_by_caller),
+                    like_count: votes.map(|votes| votes.like_count),
+                    liked_by_caller: votes.map(|votes| votes.liked_by_caller),
+                    etag: row.etag(),
                     id,
                     owner_id,
                     title: row.title,
                     content: row.content,
-                    published: row.published,
+                    published: Some(row.published),
                     create_time: Some(timestamp(row.create_time)),
                     update_time: Some(timestamp(row.update_time)),
                 }

@@ -1,12 +1,31 @@
-//! Posts: what makes a valid one, and their rows in `posts.posts`.
+//! Posts: what makes a valid one, what an update changes, who may change it, and
+//! their rows in `posts.posts`.
+//!
+//! Every read goes through `posts.visible_posts(viewer)`, the SQL function that
+//! states once who may see which post (migration 0004); every change is one
+//! statement whose `where` holds the ownership and etag checks.
 
-use service_kit::ApiError;
-use sqlx::PgPool;
+use agora_proto::errors::ErrorReason;
+use service_kit::{ApiError, error::both, fields::TextRule};
+use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
 
-pub const MAX_TITLE_CHARS: usize = 200;
-pub const MAX_CONTENT_CHARS: usize = 10_000;
+/// A title: one line of at most 200 characters.
+pub const TITLE: TextRule = TextRule {
+    max_chars: 200,
+    multiline: false,
+};
+/// A body: at most 10,000 characters; newline and tab allowed.
+pub const CONTENT: TextRule = TextRule {
+    max_chars: 10_000,
+    multiline: true,
+};
+
+pub const POST_NOT_FOUND: ApiError = ApiError::Refused {
+    reason: ErrorReason::PostNotFound,
+    message: "post not found",
+};
 
 /// A stored post.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -18,139 +37,293 @@ pub struct PostRow {
     pub published: bool,
     pub create_time: OffsetDateTime,
     pub update_time: OffsetDateTime,
+    pub revision: i64,
 }
 
 impl PostRow {
-    /// Whether `caller` may see the post: drafts are their owner's alone.
-    pub fn visible_to(&self, caller: Uuid) -> bool {
-        self.published || self.owner_id == caller
+    /// The post's etag (AIP-154): its revision, which every change raises.
+    pub fn etag(&self) -> String {
+        self.revision.to_string()
     }
 }
 
-/// A title: trimmed, 1 to 200 characters, no control characters.
-pub fn title(raw: &str) -> Result<String, ApiError> {
-    text("title", raw, MAX_TITLE_CHARS, |c| c.is_control())
+/// The revision an etag names. An etag this service never issued is a bad field,
+/// not a stale one.
+pub fn parse_etag(field: &str, etag: &str) -> Result<Option<i64>, ApiError> {
+    match etag {
+        "" => Ok(None),
+        etag => etag
+            .parse::<i64>()
+            .ok()
+            .filter(|revision| *revision > 0)
+            .map(Some)
+            .ok_or_else(|| ApiError::invalid(field, "not an etag of this service")),
+    }
 }
 
-/// A body: trimmed, 1 to 10,000 characters, no control characters but newline and tab.
-pub fn content(raw: &str) -> Result<String, ApiError> {
-    text("content", raw, MAX_CONTENT_CHARS, |c| {
-        c.is_control() && c != '\n' && c != '\t'
-    })
+/// A post to create, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NewPost {
+    pub title: String,
+    pub content: String,
+    pub published: bool,
 }
 
-fn text(
-    field: &str,
-    raw: &str,
-    max_chars: usize,
-    forbidden: impl Fn(char) -> bool,
-) -> Result<String, ApiError> {
-    let text = raw.trim();
-    if text.is_empty() {
-        return Err(ApiError::invalid(field, "required"));
+impl NewPost {
+    /// Title and content are required; `published` is true when absent. Bad
+    /// fields are named as in a request's `post`.
+    pub fn parse(title: &str, content: &str, published: Option<bool>) -> Result<Self, ApiError> {
+        let (title, content) = both(
+            TITLE.required("post.title", title),
+            CONTENT.required("post.content", content),
+        )?;
+        Ok(Self {
+            title,
+            content,
+            published: published.unwrap_or(true),
+        })
     }
-    if text.chars().count() > max_chars {
-        return Err(ApiError::invalid(
-            field,
-            format!("at most {max_chars} characters"),
-        ));
-    }
-    if text.chars().any(forbidden) {
-        return Err(ApiError::invalid(
-            field,
-            "must not contain control characters",
-        ));
-    }
-    Ok(text.to_owned())
 }
 
 /// The changes an update makes; `None` leaves a field as it is.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq, Eq)]
 pub struct Changes {
     pub title: Option<String>,
     pub content: Option<String>,
     pub published: Option<bool>,
 }
 
+/// Fields of a post that only the service sets; an update mask naming them is
+/// not an error, and they do not change (AIP-203).
+const OUTPUT_ONLY: &[&str] = &[
+    "id",
+    "create_time",
+    "update_time",
+    "owner_id",
+    "owner",
+    "like_count",
+    "liked_by_caller",
+    "etag",
+];
+
+impl Changes {
+    /// What an update changes (AIP-134). Without a mask (or with an empty one):
+    /// the fields set, that is a non-empty title or content and a present
+    /// `published`. With `*`: everything, as a create would set it. Otherwise the
+    /// fields named; a named `published` that is absent becomes false.
+    pub fn parse(
+        title: &str,
+        content: &str,
+        published: Option<bool>,
+        mask: Option<&[String]>,
+    ) -> Result<Self, ApiError> {
+        let paths: Vec<&str> = match mask {
+            Some(paths) if !paths.is_empty() => paths.iter().map(String::as_str).collect(),
+            _ => {
+                let set = [
+                    ("title", !title.is_empty()),
+                    ("content", !content.is_empty()),
+                    ("published", published.is_some()),
+                ];
+                set.into_iter()
+                    .filter(|(_, set)| *set)
+                    .map(|(path, _)| path)
+                    .collect()
+            }
+        };
+        if paths.contains(&"*") {
+            if paths.len() > 1 {
+                return Err(ApiError::invalid(
+                    "update_mask",
+                    "`*` replaces the whole post and stands alone",
+                ));
+            }
+            let post = NewPost::parse(title, content, published)?;
+            return Ok(Self {
+                title: Some(post.title),
+                content: Some(post.content),
+                published: Some(post.published),
+            });
+        }
+
+        let mut changes = Self::default();
+        let mut violations = Vec::new();
+        for path in paths {
+            let outcome = match path {
+                "title" => TITLE
+                    .required("post.title", title)
+                    .map(|title| changes.title = Some(title)),
+                "content" => CONTENT
+                    .required("post.content", content)
+                    .map(|content| changes.content = Some(content)),
+                "published" => {
+                    changes.published = Some(published.unwrap_or(false));
+                    Ok(())
+                }
+                path if is_output_only(path) => Ok(()),
+                other => Err(ApiError::invalid(
+                    "update_mask",
+                    format!("{other:?} is not a field of Post; use title, content, published or *"),
+                )),
+            };
+            if let Err(ApiError::InvalidArgument(more)) = outcome {
+                violations.extend(more);
+            }
+        }
+        if !violations.is_empty() {
+            return Err(ApiError::InvalidArgument(violations));
+        }
+        if changes == Self::default() {
+            return Err(ApiError::invalid(
+                "update_mask",
+                "nothing to change: set title, content or published, or name them here",
+            ));
+        }
+        Ok(changes)
+    }
+}
+
+fn is_output_only(path: &str) -> bool {
+    let field = path.split('.').next().unwrap_or(path);
+    OUTPUT_ONLY.contains(&field)
+}
+
 pub async fn insert(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     owner_id: Uuid,
-    title: &str,
-    content: &str,
-    published: bool,
+    post: &NewPost,
 ) -> Result<PostRow, ApiError> {
     Ok(sqlx::query_as!(
         PostRow,
         "insert into posts.posts (id, owner_id, title, content, published) values ($1, $2, $3, $4, $5)
-         returning id, owner_id, title, content, published, create_time, update_time",
+         returning id, owner_id, title, content, published, create_time, update_time, revision",
         Uuid::now_v7(),
         owner_id,
-        title,
-        content,
-        published
+        post.title,
+        post.content,
+        post.published
     )
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await?)
 }
 
-pub async fn find(pool: &PgPool, id: Uuid) -> Result<Option<PostRow>, ApiError> {
+/// The post, if `viewer` may see it.
+async fn find_visible(
+    conn: &mut PgConnection,
+    id: Uuid,
+    viewer: Uuid,
+) -> Result<Option<PostRow>, ApiError> {
     Ok(sqlx::query_as!(
         PostRow,
-        "select id, owner_id, title, content, published, create_time, update_time from posts.posts where id = $1",
-        id
+        r#"select id as "id!", owner_id as "owner_id!", title as "title!", content as "content!",
+                  published as "published!", create_time as "create_time!",
+                  update_time as "update_time!", revision as "revision!"
+             from posts.visible_posts($2) where id = $1"#,
+        id,
+        viewer
     )
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?)
 }
 
-/// Applies `changes` if `caller` owns the post. `None` when no such post is the
-/// caller's; [`why_not_owner`] tells why.
-pub async fn update_owned(
-    pool: &PgPool,
+/// The post, or POST_NOT_FOUND unless `viewer` may see it.
+pub async fn get(conn: &mut PgConnection, id: Uuid, viewer: Uuid) -> Result<PostRow, ApiError> {
+    find_visible(conn, id, viewer).await?.ok_or(POST_NOT_FOUND)
+}
+
+/// Applies `changes` if `caller` owns the post and, when `revision` is given, the
+/// post is still at it; otherwise says why not.
+pub async fn update(
+    conn: &mut PgConnection,
     id: Uuid,
     caller: Uuid,
+    revision: Option<i64>,
+    changes: &Changes,
+) -> Result<PostRow, ApiError> {
+    match update_owned(conn, id, caller, revision, changes).await? {
+        Some(row) => Ok(row),
+        None => Err(why_unchanged(conn, id, caller).await),
+    }
+}
+
+/// Deletes the post and its likes if `caller` owns it and, when `revision` is
+/// given, it is still at it; otherwise says why not.
+pub async fn delete(
+    conn: &mut PgConnection,
+    id: Uuid,
+    caller: Uuid,
+    revision: Option<i64>,
+) -> Result<(), ApiError> {
+    match delete_owned(conn, id, caller, revision).await? {
+        true => Ok(()),
+        false => Err(why_unchanged(conn, id, caller).await),
+    }
+}
+
+/// Applies `changes` if `caller` owns the post and, when `revision` is given, the
+/// post is still at it. `None` when not.
+async fn update_owned(
+    conn: &mut PgConnection,
+    id: Uuid,
+    caller: Uuid,
+    revision: Option<i64>,
     changes: &Changes,
 ) -> Result<Option<PostRow>, ApiError> {
     Ok(sqlx::query_as!(
         PostRow,
         "update posts.posts
-            set title = coalesce($3, title),
-                content = coalesce($4, content),
-                published = coalesce($5, published),
-                update_time = now()
-          where id = $1 and owner_id = $2
-         returning id, owner_id, title, content, published, create_time, update_time",
+            set title = coalesce($4, title),
+                content = coalesce($5, content),
+                published = coalesce($6, published),
+                update_time = now(),
+                revision = revision + 1
+          where id = $1 and owner_id = $2 and ($3::bigint is null or revision = $3)
+         returning id, owner_id, title, content, published, create_time, update_time, revision",
         id,
         caller,
+        revision,
         changes.title.as_deref(),
         changes.content.as_deref(),
         changes.published
     )
-    .fetch_optional(pool)
+    .fetch_optional(conn)
     .await?)
 }
 
-/// Deletes the post, and by the cascade its likes, if `caller` owns it. False when
-/// no such post is the caller's; [`why_not_owner`] tells why.
-pub async fn delete_owned(pool: &PgPool, id: Uuid, caller: Uuid) -> Result<bool, ApiError> {
+/// Deletes the post, and by the cascade its likes, if `caller` owns it and, when
+/// `revision` is given, it is still at it. False when not.
+async fn delete_owned(
+    conn: &mut PgConnection,
+    id: Uuid,
+    caller: Uuid,
+    revision: Option<i64>,
+) -> Result<bool, ApiError> {
     let deleted = sqlx::query!(
-        "delete from posts.posts where id = $1 and owner_id = $2",
+        "delete from posts.posts
+          where id = $1 and owner_id = $2 and ($3::bigint is null or revision = $3)",
         id,
-        caller
+        caller,
+        revision
     )
-    .execute(pool)
+    .execute(conn)
     .await?;
     Ok(deleted.rows_affected() > 0)
 }
 
-/// After a change by `caller` matched nothing: NOT_FOUND when the post does not
-/// exist or is someone else's draft, PERMISSION_DENIED when it is someone else's.
-pub async fn why_not_owner(pool: &PgPool, id: Uuid, caller: Uuid) -> ApiError {
-    match find(pool, id).await {
-        Ok(Some(post)) if post.visible_to(caller) => {
-            ApiError::PermissionDenied("only the owner may change this post")
-        }
-        Ok(_) => ApiError::NotFound("post not found"),
+/// After a change by `caller` matched nothing: POST_NOT_FOUND when the post does
+/// not exist or is someone else's draft, NOT_POST_OWNER when it is someone else's,
+/// ETAG_MISMATCH when it is the caller's but has changed since.
+async fn why_unchanged(conn: &mut PgConnection, id: Uuid, caller: Uuid) -> ApiError {
+    match find_visible(conn, id, caller).await {
+        Ok(None) => POST_NOT_FOUND,
+        Ok(Some(post)) if post.owner_id != caller => ApiError::refused(
+            ErrorReason::NotPostOwner,
+            "only the owner may change this post",
+        ),
+        Ok(Some(_)) => ApiError::refused(
+            ErrorReason::EtagMismatch,
+            "the post has changed since this etag; read it again",
+        ),
         Err(error) => error,
     }
 }
@@ -159,35 +332,73 @@ pub async fn why_not_owner(pool: &PgPool, id: Uuid, caller: Uuid) -> ApiError {
 mod tests {
     use super::*;
 
+    fn mask(paths: &[&str]) -> Vec<String> {
+        paths.iter().map(|path| (*path).to_owned()).collect()
+    }
+
     #[test]
-    fn titles_and_contents_are_trimmed_and_bounded_in_characters() {
-        assert_eq!(title("  Hello  ").unwrap(), "Hello");
-        assert!(
-            title(&"é".repeat(200)).is_ok(),
-            "200 two-byte characters fit"
-        );
-        assert!(title(&"é".repeat(201)).is_err());
-        assert!(content(&"界".repeat(10_000)).is_ok());
-        assert!(content(&"界".repeat(10_001)).is_err());
+    fn without_a_mask_the_fields_set_change() {
+        let changes = Changes::parse("New", "", None, None).unwrap();
         assert_eq!(
-            content(" line one\n\tline two ").unwrap(),
-            "line one\n\tline two"
+            changes,
+            Changes {
+                title: Some("New".to_owned()),
+                ..Changes::default()
+            }
+        );
+        let changes = Changes::parse("", "", Some(false), Some(&[])).unwrap();
+        assert_eq!(changes.published, Some(false), "an empty mask is no mask");
+        assert!(
+            Changes::parse("", "", None, None).is_err(),
+            "nothing to change"
         );
     }
 
     #[test]
-    fn control_characters_are_refused() {
-        for bad in ["a\0b", "a\u{7}b", "a\rb", "a\u{1b}[31mb"] {
-            assert!(content(bad).is_err(), "{bad:?} in content");
-            assert!(title(bad).is_err(), "{bad:?} in title");
-        }
-        assert!(title("a\nb").is_err(), "no newline in a title");
-        assert!(title("a\tb").is_err(), "no tab in a title");
-        for blank in ["", "   ", "\n\t"] {
-            assert!(
-                title(blank).is_err() && content(blank).is_err(),
-                "{blank:?}"
-            );
+    fn a_star_replaces_the_post_and_publishes_unless_told_otherwise() {
+        let changes = Changes::parse(" T ", "C", None, Some(&mask(&["*"]))).unwrap();
+        assert_eq!(
+            changes,
+            Changes {
+                title: Some("T".to_owned()),
+                content: Some("C".to_owned()),
+                published: Some(true),
+            }
+        );
+        assert!(Changes::parse("T", "", None, Some(&mask(&["*"]))).is_err());
+        assert!(Changes::parse("T", "C", None, Some(&mask(&["*", "title"]))).is_err());
+    }
+
+    #[test]
+    fn named_fields_change_and_output_only_ones_are_ignored() {
+        let changes = Changes::parse(
+            "T",
+            "ignored",
+            None,
+            Some(&mask(&["title", "published", "id"])),
+        )
+        .unwrap();
+        assert_eq!(
+            changes,
+            Changes {
+                title: Some("T".to_owned()),
+                content: None,
+                published: Some(false),
+            }
+        );
+        assert!(Changes::parse("T", "", None, Some(&mask(&["nope"]))).is_err());
+        assert!(
+            Changes::parse("T", "", None, Some(&mask(&["like_count", "owner.id"]))).is_err(),
+            "only output-only fields: nothing to change"
+        );
+    }
+
+    #[test]
+    fn etags_are_revisions() {
+        assert_eq!(parse_etag("etag", "").unwrap(), None);
+        assert_eq!(parse_etag("etag", "3").unwrap(), Some(3));
+        for bad in ["0", "-1", "abc", "\"3\""] {
+            assert!(parse_etag("etag", bad).is_err(), "{bad}");
         }
     }
 }

@@ -1,32 +1,37 @@
 //! The outcomes every Agora RPC can end in, and how each reaches the client.
 //!
-//! Services return [`ApiError`]; the conversion to [`tonic::Status`] logs internal
-//! causes with their full chain and sends the client only a short message.
+//! Services return [`ApiError`]; the conversion to [`tonic::Status`] gives every
+//! error a `google.rpc.ErrorInfo` reason (the reason decides the status code), logs
+//! internal causes with their full chain and sends the client only a short message.
 
-use tonic::{Code, Status};
-use tonic_types::{ErrorDetails, FieldViolation, StatusExt};
+use std::time::Duration;
+
+use agora_proto::errors::ErrorReason;
+use tonic::Status;
+use tonic_types::{ErrorDetails, FieldViolation};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    /// Bad fields, each named with what is wrong; sent as `google.rpc.BadRequest`.
+    /// Bad fields, each named by its path with what is wrong; sent as
+    /// `google.rpc.BadRequest` with the reason `INVALID_FIELDS`.
     #[error("invalid argument: {}", describe(.0))]
     InvalidArgument(Vec<FieldViolation>),
-    #[error("{0}")]
-    NotFound(&'static str),
-    #[error("{0}")]
-    AlreadyExists(&'static str),
-    #[error("{0}")]
-    PermissionDenied(&'static str),
-    #[error("{0}")]
-    Unauthenticated(&'static str),
+    /// A refusal the caller can act on (not found, already exists, not allowed,
+    /// stale etag…); the reason decides the status code.
+    #[error("{message}")]
+    Refused {
+        reason: ErrorReason,
+        message: &'static str,
+    },
     /// Too many attempts; the caller may try again after `retry_after`, which
     /// travels as `google.rpc.RetryInfo`.
     #[error("{message}")]
-    ResourceExhausted {
+    Throttled {
+        reason: ErrorReason,
         message: String,
-        retry_after: std::time::Duration,
+        retry_after: Duration,
     },
-    /// A dependency (the database, another service) did not answer in time.
+    /// A dependency (the database, another service) cannot be reached right now.
     #[error("{what} unavailable")]
     Unavailable {
         what: &'static str,
@@ -41,6 +46,10 @@ impl ApiError {
     /// One bad field.
     pub fn invalid(field: &str, description: impl Into<String>) -> Self {
         Self::InvalidArgument(vec![FieldViolation::new(field, description)])
+    }
+
+    pub fn refused(reason: ErrorReason, message: &'static str) -> Self {
+        Self::Refused { reason, message }
     }
 
     pub fn internal(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
@@ -76,15 +85,27 @@ fn describe(violations: &[FieldViolation]) -> String {
 
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
-        match error {
-            sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => {
-                Self::Unavailable {
-                    what: "database",
-                    source: error.into(),
-                }
-            }
-            error => Self::Internal(error.into()),
+        if is_outage(&error) {
+            return Self::Unavailable {
+                what: "database",
+                source: error.into(),
+            };
         }
+        Self::Internal(error.into())
+    }
+}
+
+/// Whether the database is unreachable, shutting down or restarting, as opposed
+/// to refusing this statement.
+fn is_outage(error: &sqlx::Error) -> bool {
+    match error {
+        sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
+        sqlx::Error::Database(error) => error.code().is_some_and(|code| {
+            // 08xxx connection exceptions; 57P01 admin_shutdown, 57P02
+            // crash_shutdown, 57P03 cannot_connect_now.
+            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+        }),
+        _ => false,
     }
 }
 
@@ -93,31 +114,35 @@ impl From<ApiError> for Status {
         match error {
             ApiError::InvalidArgument(violations) => {
                 let message = describe(&violations);
-                Status::with_error_details(
-                    Code::InvalidArgument,
+                ErrorReason::InvalidFields.status(
                     message,
+                    &[],
                     ErrorDetails::with_bad_request(violations),
                 )
             }
-            ApiError::NotFound(message) => Status::not_found(message),
-            ApiError::AlreadyExists(message) => Status::already_exists(message),
-            ApiError::PermissionDenied(message) => Status::permission_denied(message),
-            ApiError::Unauthenticated(message) => Status::unauthenticated(message),
-            ApiError::ResourceExhausted {
+            ApiError::Refused { reason, message } => {
+                reason.status(message, &[], ErrorDetails::new())
+            }
+            ApiError::Throttled {
+                reason,
                 message,
                 retry_after,
-            } => Status::with_error_details(
-                Code::ResourceExhausted,
+            } => reason.status(
                 message,
+                &[],
                 ErrorDetails::with_retry_info(Some(retry_after)),
             ),
             ApiError::Unavailable { what, source } => {
                 tracing::warn!(error = %error_chain(&*source), what, "dependency unavailable");
-                Status::unavailable(format!("{what} unavailable, try again"))
+                ErrorReason::DependencyUnavailable.status(
+                    format!("{what} unavailable, try again"),
+                    &[("dependency", what)],
+                    ErrorDetails::new(),
+                )
             }
             ApiError::Internal(source) => {
                 tracing::error!(error = %error_chain(&*source), "internal error");
-                Status::internal("internal error")
+                ErrorReason::Internal.status("internal error", &[], ErrorDetails::new())
             }
         }
     }

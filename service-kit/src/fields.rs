@@ -1,5 +1,7 @@
-//! Turning wire fields into domain values and back, the same way in every service.
+//! Turning wire fields into domain values and back, the same way in every service:
+//! ids, lists of ids, timestamps, and text with its length and character rules.
 
+use agora_proto::MAX_PAGE_SIZE;
 use prost_types::Timestamp;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -14,23 +16,141 @@ pub fn parse_id(field: &str, value: &str) -> Result<Uuid, ApiError> {
     Uuid::try_parse(value).map_err(|_| ApiError::invalid(field, "must be a UUID"))
 }
 
-/// Many UUIDs, at most `max`, without repeats.
-pub fn parse_ids(field: &str, values: &[String], max: usize) -> Result<Vec<Uuid>, ApiError> {
-    if values.len() > max {
-        return Err(ApiError::invalid(field, format!("at most {max} ids")));
+/// The UUID in an optional `field`: `None` when it is empty.
+pub fn parse_optional_id(field: &str, value: &str) -> Result<Option<Uuid>, ApiError> {
+    match value {
+        "" => Ok(None),
+        value => parse_id(field, value).map(Some),
     }
-    let mut ids = values
+}
+
+/// The UUIDs of a batch request, in the order given, repeats kept: at least one
+/// and at most [`MAX_PAGE_SIZE`]. A bad one is named by its index (`ids[2]`).
+pub fn parse_ids(field: &str, values: &[String]) -> Result<Vec<Uuid>, ApiError> {
+    if values.is_empty() {
+        return Err(ApiError::invalid(field, "required"));
+    }
+    if values.len() > MAX_PAGE_SIZE {
+        return Err(ApiError::invalid(
+            field,
+            format!("at most {MAX_PAGE_SIZE} ids"),
+        ));
+    }
+    values
         .iter()
-        .map(|value| parse_id(field, value))
-        .collect::<Result<Vec<_>, _>>()?;
-    ids.sort_unstable();
-    ids.dedup();
-    Ok(ids)
+        .enumerate()
+        .map(|(index, value)| parse_id(&format!("{field}[{index}]"), value))
+        .collect()
+}
+
+/// `ids` sorted, each once: what a batch query looks up.
+pub fn distinct(ids: &[Uuid]) -> Vec<Uuid> {
+    let mut distinct = ids.to_vec();
+    distinct.sort_unstable();
+    distinct.dedup();
+    distinct
+}
+
+/// A client-chosen request id (AIP-155): empty, or a UUID.
+pub fn parse_request_id(field: &str, value: &str) -> Result<Option<Uuid>, ApiError> {
+    parse_optional_id(field, value)
 }
 
 pub fn timestamp(time: OffsetDateTime) -> Timestamp {
     Timestamp {
         seconds: time.unix_timestamp(),
         nanos: time.nanosecond() as i32,
+    }
+}
+
+/// What a text field may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct TextRule {
+    /// The most characters (not bytes).
+    pub max_chars: usize,
+    /// Whether newline and tab are allowed; other control characters never are
+    /// (PostgreSQL text cannot even hold a NUL).
+    pub multiline: bool,
+}
+
+impl TextRule {
+    /// Checks `text` as given: at most `max_chars`, no forbidden control characters.
+    pub fn check(self, field: &str, text: &str) -> Result<(), ApiError> {
+        if text.chars().count() > self.max_chars {
+            return Err(ApiError::invalid(
+                field,
+                format!("at most {} characters", self.max_chars),
+            ));
+        }
+        let forbidden = |c: char| c.is_control() && !(self.multiline && matches!(c, '\n' | '\t'));
+        if text.chars().any(forbidden) {
+            return Err(ApiError::invalid(
+                field,
+                "must not contain control characters",
+            ));
+        }
+        Ok(())
+    }
+
+    /// `raw` without surrounding white space, which must leave some text, checked.
+    pub fn required(self, field: &str, raw: &str) -> Result<String, ApiError> {
+        let text = raw.trim();
+        if text.is_empty() {
+            return Err(ApiError::invalid(field, "required"));
+        }
+        self.check(field, text)?;
+        Ok(text.to_owned())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const TITLE: TextRule = TextRule {
+        max_chars: 5,
+        multiline: false,
+    };
+    const BODY: TextRule = TextRule {
+        max_chars: 5,
+        multiline: true,
+    };
+
+    #[test]
+    fn text_is_trimmed_and_counted_in_characters() {
+        assert_eq!(TITLE.required("t", "  héllo  ").unwrap(), "héllo");
+        assert!(
+            TITLE.required("t", "界界界界界").is_ok(),
+            "5 wide characters fit"
+        );
+        assert!(TITLE.required("t", "界界界界界界").is_err());
+        for blank in ["", "   ", "\n\t"] {
+            assert!(TITLE.required("t", blank).is_err(), "{blank:?}");
+        }
+    }
+
+    #[test]
+    fn control_characters_are_refused_but_newline_and_tab_in_multiline_text() {
+        for bad in ["a\0b", "a\u{7}b", "a\rb", "a\u{1b}[3"] {
+            assert!(TITLE.required("t", bad).is_err(), "{bad:?}");
+            assert!(BODY.required("t", bad).is_err(), "{bad:?}");
+        }
+        assert!(TITLE.required("t", "a\nb").is_err());
+        assert!(TITLE.check("t", "a\tb").is_err());
+        assert_eq!(BODY.required("t", " a\n\tb ").unwrap(), "a\n\tb");
+    }
+
+    #[test]
+    fn id_lists_keep_their_order_and_name_a_bad_entry_by_index() {
+        let [a, b] = [Uuid::now_v7(), Uuid::now_v7()];
+        let given = [b.to_string(), a.to_string(), b.to_string()];
+        assert_eq!(parse_ids("ids", &given).unwrap(), [b, a, b]);
+        assert_eq!(distinct(&[b, a, b]), [a, b]);
+
+        let error = parse_ids("ids", &[a.to_string(), "nope".to_owned()]).unwrap_err();
+        assert!(error.to_string().contains("ids[1]"), "{error}");
+        assert!(parse_ids("ids", &[]).is_err(), "at least one");
+        let too_many = vec![a.to_string(); MAX_PAGE_SIZE + 1];
+        assert!(parse_ids("ids", &too_many).is_err());
     }
 }

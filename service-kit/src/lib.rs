@@ -10,11 +10,13 @@ pub mod error;
 pub mod fields;
 pub mod health;
 pub mod server;
+pub mod service;
 pub mod telemetry;
 
 pub use config::{CommonArgs, DatabaseArgs, LogFormat, ServerLimits, TokenKeysArgs};
 pub use error::{ApiError, ConstraintExt};
 pub use server::{
-    BindError, GrpcServer, ServedApi, check_health, configured_server, incoming, rpc_trace_layer,
-    serve_or_check, shutdown_signal, with_grace, with_reflection,
+    BindError, GrpcServer, Serve, ServedApi, check_health, configured_server, incoming,
+    rpc_trace_layer, serve_or_check, shutdown_signal, with_grace, with_reflection,
 };
+pub use service::{ServiceConfig, StartupError};

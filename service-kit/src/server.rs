@@ -2,9 +2,11 @@
 //! and v1alpha), health that follows the database, the access-token layer, one
 //! span per call, explicit limits and graceful shutdown.
 
-use std::{future::Future, io, net::SocketAddr, pin::Pin, process::ExitCode, time::Duration};
+use std::{
+    future::Future, io, net::SocketAddr, pin::Pin, process::ExitCode, sync::Arc, time::Duration,
+};
 
-use access_token::RequireTokenLayer;
+use access_token::{PublicMethods, RequireTokenLayer, TokenVerifier};
 use prost_types::FileDescriptorSet;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
@@ -32,6 +34,28 @@ pub struct ServedApi {
     pub token_layer: RequireTokenLayer,
     /// Health reports NOT_SERVING while this pool cannot reach the database.
     pub pool: PgPool,
+}
+
+impl ServedApi {
+    /// `routes`, serving `service_names`, with every method guarded as
+    /// `agora_proto::RPCS` says: a token is required unless the method is listed
+    /// as needing none.
+    pub fn new(
+        service_names: Vec<&'static str>,
+        routes: Routes,
+        verifier: Arc<TokenVerifier>,
+        pool: PgPool,
+    ) -> Self {
+        Self {
+            service_names,
+            routes,
+            token_layer: RequireTokenLayer::new(
+                verifier,
+                PublicMethods::tokenless(agora_proto::RPCS),
+            ),
+            pool,
+        }
+    }
 }
 
 /// The listen address is taken or not ours.
@@ -266,15 +290,37 @@ pub async fn shutdown_signal() {
     tracing::info!("shutting down; letting calls in flight finish");
 }
 
-/// The end of every service's `main`. With `health_check`, asks the server already
+/// A bound server that `serve_or_check` can run: a service's [`GrpcServer`], or
+/// the gateway.
+pub trait Serve: Sized {
+    type Error: std::fmt::Display;
+    /// Logs, once, where it serves.
+    fn announce(&self, name: &str);
+    /// Serves until SIGINT or SIGTERM, then lets calls in flight finish.
+    fn run_until_stopped(self) -> impl Future<Output = Result<(), Self::Error>> + Send;
+}
+
+impl Serve for GrpcServer {
+    type Error = tonic::transport::Error;
+
+    fn announce(&self, name: &str) {
+        tracing::info!(address = %self.local_addr(), "{name} listening");
+    }
+
+    fn run_until_stopped(self) -> impl Future<Output = Result<(), Self::Error>> + Send {
+        GrpcServer::run_until_stopped(self)
+    }
+}
+
+/// The end of every binary's `main`. With `health_check`, asks the server already
 /// running at `listen` whether it is SERVING (for container healthchecks) and exits
 /// 0 only if so. Otherwise builds the server and serves until stopped, or says in
 /// one log line why it could not start. The exit code tells a supervisor which.
-pub async fn serve_or_check<E: std::fmt::Display>(
+pub async fn serve_or_check<S: Serve, E: std::fmt::Display>(
     name: &str,
     listen: SocketAddr,
     health_check: bool,
-    build: impl Future<Output = Result<GrpcServer, E>>,
+    build: impl Future<Output = Result<S, E>>,
 ) -> ExitCode {
     if health_check {
         return check_health(listen).await;
@@ -286,7 +332,7 @@ pub async fn serve_or_check<E: std::fmt::Display>(
             return ExitCode::FAILURE;
         }
     };
-    tracing::info!(address = %server.local_addr(), "{name} listening");
+    server.announce(name);
     match server.run_until_stopped().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {

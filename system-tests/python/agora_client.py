@@ -30,7 +30,11 @@ PROTO_FILES = (
     "agora/auth/v1/auth.proto",
     "agora/posts/v1/posts.proto",
     "agora/votes/v1/votes.proto",
+    "agora/errors/v1/errors.proto",
 )
+ERROR_DOMAIN = "agora"
+ERROR_INFO_TYPE = "type.googleapis.com/google.rpc.ErrorInfo"
+BAD_REQUEST_TYPE = "type.googleapis.com/google.rpc.BadRequest"
 
 
 class CheckFailed(Exception):
@@ -47,18 +51,53 @@ def expect(condition: bool, expected: str, got: Any) -> None:
         raise CheckFailed(expected, str(got))
 
 
+def status_details(error: grpc.RpcError) -> list[Any]:
+    """The `google.rpc.Status` details of a failed call (grpc-status-details-bin)."""
+    from grpc_status import rpc_status
+
+    status = rpc_status.from_call(error)
+    return list(status.details) if status is not None else []
+
+
+def error_info(error: grpc.RpcError) -> Any | None:
+    """The `google.rpc.ErrorInfo` among the error's details, if any."""
+    from google.rpc import error_details_pb2
+
+    for detail in status_details(error):
+        if detail.type_url == ERROR_INFO_TYPE:
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            return info
+    return None
+
+
 def describe_error(error: grpc.RpcError) -> str:
-    return f"{error.code().name}: {error.details()}"
+    described = f"{error.code().name}: {error.details()}"
+    try:
+        info = error_info(error)
+    except Exception:  # a malformed status: say what is there
+        info = None
+    if info is not None:
+        described += f" (reason {info.domain}/{info.reason})"
+    return described
 
 
-def expect_error(call: Callable[[], Any], code: grpc.StatusCode) -> grpc.RpcError:
-    """Runs `call`, which must fail with `code`; returns the error."""
+def expect_error(call: Callable[[], Any], code: grpc.StatusCode,
+                 reason: str) -> grpc.RpcError:
+    """Runs `call`, which must fail with `code` and a `google.rpc.ErrorInfo` with
+    domain `agora` and `reason`; returns the error."""
+    expected = f"{code.name} with reason {reason}"
     try:
         response = call()
     except grpc.RpcError as error:
-        expect(error.code() == code, code.name, describe_error(error))
+        expect(error.code() == code, expected, describe_error(error))
+        info = error_info(error)
+        expect(info is not None, f"{expected}: a google.rpc.ErrorInfo detail",
+               [detail.type_url for detail in status_details(error)])
+        expect((info.domain, info.reason) == (ERROR_DOMAIN, reason),
+               f"{expected}, domain {ERROR_DOMAIN}", f"{info.domain}/{info.reason}")
         return error
-    raise CheckFailed(code.name, f"success: {response!r}".replace("\n", " "))
+    raise CheckFailed(expected, f"success: {response!r}".replace("\n", " "))
 
 
 def generate_stubs(proto_dir: Path, out_dir: Path) -> None:
@@ -82,7 +121,8 @@ def generate_stubs(proto_dir: Path, out_dir: Path) -> None:
     expect(exit_code == 0, "protoc to exit 0", exit_code)
     # Regular packages, so that no other `agora` on sys.path can shadow these.
     for package in ("agora", "agora/auth", "agora/auth/v1", "agora/posts",
-                    "agora/posts/v1", "agora/votes", "agora/votes/v1"):
+                    "agora/posts/v1", "agora/votes", "agora/votes/v1",
+                    "agora/errors", "agora/errors/v1"):
         (out_dir / package / "__init__.py").touch()
 
 
@@ -130,6 +170,7 @@ class Client:
                     "auth.v1.auth_pb2", "auth.v1.auth_pb2_grpc",
                     "posts.v1.posts_pb2", "posts.v1.posts_pb2_grpc",
                     "votes.v1.votes_pb2", "votes.v1.votes_pb2_grpc",
+                    "errors.v1.errors_pb2",
                 )
             }
             return f"{len(PROTO_FILES)} files from {self.proto_dir} compiled and imported"
@@ -140,12 +181,12 @@ class Client:
     def scenario(self) -> None:
         from google.protobuf import field_mask_pb2
         from google.rpc import error_details_pb2
-        from grpc_status import rpc_status
 
         users_pb2 = self.m["auth.v1.users_pb2"]
         auth_pb2 = self.m["auth.v1.auth_pb2"]
         posts_pb2 = self.m["posts.v1.posts_pb2"]
         votes_pb2 = self.m["votes.v1.votes_pb2"]
+        errors_pb2 = self.m["errors.v1.errors_pb2"]
 
         auth_channel = self.channel(self.target)
         users = self.m["auth.v1.users_pb2_grpc"].UserServiceStub(auth_channel)
@@ -155,21 +196,35 @@ class Client:
         votes = self.m["votes.v1.votes_pb2_grpc"].VoteServiceStub(
             self.channel(self.votes_target))
 
+        def reason(name: str) -> str:
+            """`name` as an ErrorInfo reason, checked against agora.errors.v1."""
+            errors_pb2.ErrorReason.Value(f"ERROR_REASON_{name}")  # ValueError if unknown
+            return name
+
         run_id = uuid.uuid4().hex
         email = f"py-{run_id}@example.com"
+        other_email = f"py-other-{run_id}@example.com"
         password = "correct horse battery"
         title = f"Hello from Python {run_id}"
         content = "Written through stubs generated from proto/."
         state: dict[str, Any] = {}
 
+        def register(address: str) -> Any:
+            return users.CreateUser(
+                users_pb2.CreateUserRequest(email=address, password=password,
+                                            request_id=str(uuid.uuid4())),
+                timeout=DEADLINE_SECS).user
+
         def create_user() -> str:
-            response = users.CreateUser(
-                users_pb2.CreateUserRequest(email=email, password=password),
-                timeout=DEADLINE_SECS)
-            expect(response.user.id != "", "a user id", repr(response.user.id))
-            expect(response.user.email == email, f"email {email}", response.user.email)
-            state["user_id"] = response.user.id
-            return f"user {response.user.id}"
+            user = register(email)
+            expect(user.id != "", "a user id", repr(user.id))
+            expect(user.email == email, f"email {email}", user.email)
+            expect(user.HasField("create_time"), "a create_time", "none")
+            state["user_id"] = user.id
+            other = register(other_email)
+            expect(other.id not in ("", user.id), "another user id", repr(other.id))
+            state["other_id"] = other.id
+            return f"users {user.id} and {other.id}"
 
         def login() -> str:
             response = auth.Login(
@@ -178,32 +233,66 @@ class Client:
             expect(response.token_type == "bearer", "token_type 'bearer'",
                    repr(response.token_type))
             expect(response.access_token != "", "an access token", "an empty one")
-            expect(response.expires_in > 0, "expires_in > 0", response.expires_in)
+            expires_in = response.expires_in.ToTimedelta().total_seconds()
+            expect(expires_in > 0, "expires_in > 0 (a Duration)", expires_in)
+            expect(response.HasField("expire_time"), "an expire_time", "none")
+            try:
+                uuid.UUID(response.session_id)
+            except ValueError:
+                raise CheckFailed("session_id to be a UUID",
+                                  repr(response.session_id)) from None
             state["auth"] = [("authorization", f"Bearer {response.access_token}")]
-            return f"bearer token, expires in {response.expires_in} s"
+            return (f"bearer token, expires in {expires_in:.0f} s, "
+                    f"session {response.session_id}")
+
+        def get_user_self() -> str:
+            user = users.GetUser(users_pb2.GetUserRequest(id=state["user_id"]),
+                                 metadata=state["auth"], timeout=DEADLINE_SECS).user
+            expect(user.id == state["user_id"], f"id {state['user_id']}", user.id)
+            expect(user.email == email, f"own email {email}", repr(user.email))
+            return "own email shown"
+
+        def get_user_other() -> str:
+            user = users.GetUser(users_pb2.GetUserRequest(id=state["other_id"]),
+                                 metadata=state["auth"], timeout=DEADLINE_SECS).user
+            expect(user.id == state["other_id"], f"id {state['other_id']}", user.id)
+            expect(user.email == "", "no email of another person", repr(user.email))
+            return "another person's email is empty"
 
         def create_post() -> str:
             response = posts.CreatePost(
-                posts_pb2.CreatePostRequest(title=title, content=content),
+                posts_pb2.CreatePostRequest(
+                    # Output-only fields are ignored.
+                    post=posts_pb2.Post(title=title, content=content,
+                                        owner_id=state["other_id"], like_count=7),
+                    request_id=str(uuid.uuid4())),
                 metadata=state["auth"], timeout=DEADLINE_SECS)
             post = response.post
             expect(post.id != "", "a post id", repr(post.id))
             expect(post.title == title, f"title {title!r}", repr(post.title))
             expect(post.content == content, f"content {content!r}", repr(post.content))
-            expect(post.published, "published true (the default)", post.published)
+            expect(post.HasField("published") and post.published,
+                   "published true (absent means true)", post.published)
             expect(post.owner_id == state["user_id"], f"owner_id {state['user_id']}",
                    post.owner_id)
-            state["post_id"] = post.id
-            return f"post {post.id}"
+            expect(post.etag != "", "an etag", "an empty one")
+            state["post_id"], state["etag"] = post.id, post.etag
+            return f"post {post.id}, etag {post.etag!r}"
 
         def get_post() -> str:
             post = posts.GetPost(posts_pb2.GetPostRequest(id=state["post_id"]),
                                  metadata=state["auth"], timeout=DEADLINE_SECS).post
             expect(post.id == state["post_id"], f"id {state['post_id']}", post.id)
             expect(post.title == title, f"title {title!r}", repr(post.title))
-            expect(post.owner.email == email, f"owner.email {email}", post.owner.email)
-            expect(post.like_count == 0, "like_count 0", post.like_count)
-            return "same post, owner and no likes"
+            expect(post.HasField("owner") and post.owner.id == state["user_id"],
+                   f"owner.id {state['user_id']}", post.owner.id)
+            expect(post.owner.HasField("create_time"), "owner.create_time", "none")
+            expect(post.HasField("like_count") and post.like_count == 0,
+                   "like_count present and 0", post.like_count)
+            expect(post.HasField("liked_by_caller") and not post.liked_by_caller,
+                   "liked_by_caller present and false", post.liked_by_caller)
+            expect(post.etag == state["etag"], f"etag {state['etag']!r}", repr(post.etag))
+            return "same post, owner profile and no likes"
 
         def vote_add() -> str:
             response = votes.Vote(
@@ -221,48 +310,90 @@ class Client:
             expect(len(found) == 1, f"post {state['post_id']} listed once",
                    [p.id for p in response.posts])
             post = found[0]
-            expect(post.like_count == 1, "like_count 1", post.like_count)
+            expect(post.HasField("like_count") and post.like_count == 1,
+                   "like_count 1", post.like_count)
             expect(post.liked_by_caller, "liked_by_caller true", post.liked_by_caller)
-            expect(post.owner.email == email, f"owner.email {email}", post.owner.email)
+            expect(post.owner.id == state["user_id"], f"owner.id {state['user_id']}",
+                   post.owner.id)
             return "listed with like_count 1, liked_by_caller, owner"
 
         def update_title() -> str:
             new_title = f"Hello again {run_id}"
             post = posts.UpdatePost(
                 posts_pb2.UpdatePostRequest(
-                    id=state["post_id"], title=new_title, content="ignored",
+                    post=posts_pb2.Post(id=state["post_id"], title=new_title,
+                                        content="ignored", etag=state["etag"]),
                     update_mask=field_mask_pb2.FieldMask(paths=["title"])),
                 metadata=state["auth"], timeout=DEADLINE_SECS).post
             expect(post.title == new_title, f"title {new_title!r}", repr(post.title))
             expect(post.content == content, f"content unchanged {content!r}",
                    repr(post.content))
             expect(post.published, "published unchanged (true)", post.published)
-            return "only the title changed"
+            expect(post.etag not in ("", state["etag"]), "a new etag", repr(post.etag))
+            state["stale_etag"], state["etag"] = state["etag"], post.etag
+            state["title"] = new_title
+            return f"only the title changed, etag now {post.etag!r}"
+
+        def update_without_mask() -> str:
+            new_content = "Changed without a mask."
+            post = posts.UpdatePost(
+                posts_pb2.UpdatePostRequest(
+                    post=posts_pb2.Post(id=state["post_id"], content=new_content)),
+                metadata=state["auth"], timeout=DEADLINE_SECS).post
+            expect(post.content == new_content, f"content {new_content!r}",
+                   repr(post.content))
+            expect(post.title == state["title"], f"title unchanged {state['title']!r}",
+                   repr(post.title))
+            expect(post.published, "published unchanged (true)", post.published)
+            state["etag"] = post.etag
+            return "no mask: only the field set changed"
+
+        def update_stale_etag() -> str:
+            expect_error(
+                lambda: posts.UpdatePost(
+                    posts_pb2.UpdatePostRequest(
+                        post=posts_pb2.Post(id=state["post_id"], title="Too late",
+                                            etag=state["stale_etag"])),
+                    metadata=state["auth"], timeout=DEADLINE_SECS),
+                grpc.StatusCode.ABORTED, reason("ETAG_MISMATCH"))
+            return "ABORTED ETAG_MISMATCH"
+
+        def bad_request_fields(error: grpc.RpcError) -> list[str]:
+            found = [d for d in status_details(error) if d.type_url == BAD_REQUEST_TYPE]
+            expect(len(found) == 1, "one google.rpc.BadRequest detail",
+                   [d.type_url for d in status_details(error)])
+            bad_request = error_details_pb2.BadRequest()
+            found[0].Unpack(bad_request)
+            return sorted(v.field for v in bad_request.field_violations)
 
         def create_user_invalid() -> str:
             error = expect_error(
                 lambda: users.CreateUser(
                     users_pb2.CreateUserRequest(email="nope", password="short"),
                     timeout=DEADLINE_SECS),
-                grpc.StatusCode.INVALID_ARGUMENT)
-            status = rpc_status.from_call(error)
-            expect(status is not None, "a google.rpc.Status in grpc-status-details-bin",
-                   "none")
-            expect(len(status.details) > 0, "at least one status detail", "none")
-            bad_request = error_details_pb2.BadRequest()
-            expect(status.details[0].Unpack(bad_request),
-                   "details[0] to be a google.rpc.BadRequest", status.details[0].type_url)
-            fields = sorted(v.field for v in bad_request.field_violations)
+                grpc.StatusCode.INVALID_ARGUMENT, reason("INVALID_FIELDS"))
+            fields = bad_request_fields(error)
             expect(fields == ["email", "password"],
                    "field violations for email and password", fields)
-            return "INVALID_ARGUMENT with BadRequest naming email and password"
+            return "INVALID_FIELDS with BadRequest naming email and password"
+
+        def create_post_invalid() -> str:
+            error = expect_error(
+                lambda: posts.CreatePost(
+                    posts_pb2.CreatePostRequest(
+                        post=posts_pb2.Post(title="", content=content)),
+                    metadata=state["auth"], timeout=DEADLINE_SECS),
+                grpc.StatusCode.INVALID_ARGUMENT, reason("INVALID_FIELDS"))
+            fields = bad_request_fields(error)
+            expect(fields == ["post.title"], "a field violation for post.title", fields)
+            return "INVALID_FIELDS with BadRequest naming post.title"
 
         def get_post_anonymous() -> str:
             expect_error(
                 lambda: posts.GetPost(posts_pb2.GetPostRequest(id=state["post_id"]),
                                       timeout=DEADLINE_SECS),
-                grpc.StatusCode.UNAUTHENTICATED)
-            return "UNAUTHENTICATED"
+                grpc.StatusCode.UNAUTHENTICATED, reason("TOKEN_MISSING"))
+            return "UNAUTHENTICATED TOKEN_MISSING"
 
         def vote_again() -> str:
             expect_error(
@@ -270,29 +401,35 @@ class Client:
                     votes_pb2.VoteRequest(post_id=state["post_id"],
                                           direction=votes_pb2.VOTE_DIRECTION_ADD),
                     metadata=state["auth"], timeout=DEADLINE_SECS),
-                grpc.StatusCode.ALREADY_EXISTS)
-            return "ALREADY_EXISTS"
+                grpc.StatusCode.ALREADY_EXISTS, reason("ALREADY_LIKED"))
+            return "ALREADY_EXISTS ALREADY_LIKED"
 
         def delete_post() -> str:
-            posts.DeletePost(posts_pb2.DeletePostRequest(id=state["post_id"]),
-                             metadata=state["auth"], timeout=DEADLINE_SECS)
-            return "deleted"
+            posts.DeletePost(
+                posts_pb2.DeletePostRequest(id=state["post_id"], etag=state["etag"]),
+                metadata=state["auth"], timeout=DEADLINE_SECS)
+            return "deleted at its current etag"
 
         def get_deleted() -> str:
             expect_error(
                 lambda: posts.GetPost(posts_pb2.GetPostRequest(id=state["post_id"]),
                                       metadata=state["auth"], timeout=DEADLINE_SECS),
-                grpc.StatusCode.NOT_FOUND)
-            return "NOT_FOUND"
+                grpc.StatusCode.NOT_FOUND, reason("POST_NOT_FOUND"))
+            return "NOT_FOUND POST_NOT_FOUND"
 
         self.check("UserService/CreateUser", create_user)
         self.check("AuthService/Login", login)
+        self.check("UserService/GetUser self", get_user_self)
+        self.check("UserService/GetUser another person", get_user_other)
         self.check("PostService/CreatePost", create_post)
         self.check("PostService/GetPost", get_post)
         self.check("VoteService/Vote ADD", vote_add)
         self.check("PostService/ListPosts", list_posts)
-        self.check("PostService/UpdatePost title only", update_title)
+        self.check("PostService/UpdatePost title only, at its etag", update_title)
+        self.check("PostService/UpdatePost without a mask", update_without_mask)
+        self.check("PostService/UpdatePost stale etag", update_stale_etag)
         self.check("UserService/CreateUser invalid", create_user_invalid)
+        self.check("PostService/CreatePost invalid", create_post_invalid)
         self.check("PostService/GetPost without token", get_post_anonymous)
         self.check("VoteService/Vote ADD again", vote_again)
         self.check("PostService/DeletePost", delete_post)

@@ -11,10 +11,13 @@ use agora_proto::{
         self as auth, auth_service_client::AuthServiceClient,
         user_service_client::UserServiceClient,
     },
+    errors::ErrorReason,
     posts::v1::{self as posts, post_service_client::PostServiceClient},
     votes::v1::{self as votes, VoteDirection, vote_service_client::VoteServiceClient},
 };
-use service_kit::GrpcServer;
+use auth_service::AuthSettings;
+use gateway::embedded::{PerService, bind_services};
+use service_kit::{GrpcServer, ServerLimits};
 use sqlx::PgPool;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Request, Status, transport::Channel};
@@ -77,57 +80,27 @@ pub struct Person {
 }
 
 /// Where each service listens.
-#[derive(Debug, Clone, Copy)]
-pub struct Addresses {
-    pub auth: SocketAddr,
-    pub votes: SocketAddr,
-    pub posts: SocketAddr,
-}
-
-impl Addresses {
-    /// Free loopback ports, chosen by the system.
-    pub fn ephemeral() -> Self {
-        let any = SocketAddr::from(([127, 0, 0, 1], 0));
-        Self {
-            auth: any,
-            votes: any,
-            posts: any,
-        }
-    }
-}
+pub type Addresses = PerService<SocketAddr>;
 
 pub async fn spawn_system(pool: PgPool) -> System {
     spawn_system_at(pool, Addresses::ephemeral()).await
 }
 
+/// The three services wired as the gateway's all-in-one mode wires them.
 pub async fn spawn_system_at(pool: PgPool, addresses: Addresses) -> System {
     telemetry::install();
-    let auth_config = auth_service::Config {
-        listen: addresses.auth,
-        ..auth_service::Config::ephemeral()
-    };
-    let auth = Running::start(
-        auth_service::build_with_pool(&auth_config, pool.clone())
-            .await
-            .expect("auth-service builds"),
-    );
-    let votes_config = votes_service::Config {
-        listen: addresses.votes,
-        ..votes_service::Config::ephemeral(auth.url())
-    };
-    let votes = Running::start(
-        votes_service::build_with_pool(&votes_config, pool.clone())
-            .await
-            .expect("votes-service builds"),
-    );
-    let posts_config = posts_service::Config {
-        listen: addresses.posts,
-        ..posts_service::Config::ephemeral(auth.url(), votes.url())
-    };
-    let posts = Running::start(
-        posts_service::build_with_pool(&posts_config, pool.clone())
-            .await
-            .expect("posts-service builds"),
+    let servers = bind_services(
+        &pool,
+        addresses,
+        AuthSettings::default(),
+        &ServerLimits::default(),
+    )
+    .await
+    .expect("the services build");
+    let (auth, votes, posts) = (
+        Running::start(servers.auth),
+        Running::start(servers.votes),
+        Running::start(servers.posts),
     );
     System {
         user_client: UserServiceClient::new(channel(&auth)),
@@ -157,15 +130,23 @@ pub fn as_person<T>(person: &Person, message: T) -> Request<T> {
     request
 }
 
-/// Asserts INVALID_ARGUMENT with `google.rpc.BadRequest` details naming exactly
-/// `fields`, as a generated client in any language reads them.
+/// Asserts the status code and the `google.rpc.ErrorInfo` reason (domain `agora`)
+/// that a generated client in any language reads.
+pub fn assert_reason(status: &Status, reason: ErrorReason, case: &str) {
+    assert_eq!(status.code(), reason.code(), "{case}: {status:?}");
+    assert_eq!(
+        agora_proto::errors::reason_of(status),
+        Some(reason),
+        "{case}: the ErrorInfo reason of {status:?}"
+    );
+}
+
+/// Asserts INVALID_ARGUMENT, reason `INVALID_FIELDS`, with `google.rpc.BadRequest`
+/// details naming exactly `fields`, as a generated client in any language reads
+/// them.
 pub fn assert_bad_request(status: &Status, fields: &[&str], case: &str) {
     use tonic_types::StatusExt;
-    assert_eq!(
-        status.code(),
-        tonic::Code::InvalidArgument,
-        "{case}: {status:?}"
-    );
+    assert_reason(status, ErrorReason::InvalidFields, case);
     let details = status
         .get_details_bad_request()
         .unwrap_or_else(|| panic!("{case}: no BadRequest details"));
@@ -186,6 +167,7 @@ impl System {
             .create_user(auth::CreateUserRequest {
                 email: email.to_owned(),
                 password: PASSWORD.to_owned(),
+                request_id: String::new(),
             })
             .await
             .expect("registration succeeds")
@@ -217,9 +199,13 @@ impl System {
         published: Option<bool>,
     ) -> Result<posts::Post, Status> {
         let request = posts::CreatePostRequest {
-            title: title.to_owned(),
-            content: content.to_owned(),
-            published,
+            post: Some(posts::Post {
+                title: title.to_owned(),
+                content: content.to_owned(),
+                published,
+                ..Default::default()
+            }),
+            request_id: String::new(),
         };
         let response = self
             .post_client
@@ -270,7 +256,10 @@ impl System {
     }
 
     pub async fn delete_post(&self, who: &Person, id: &str) -> Result<(), Status> {
-        let request = posts::DeletePostRequest { id: id.to_owned() };
+        let request = posts::DeletePostRequest {
+            id: id.to_owned(),
+            etag: String::new(),
+        };
         self.post_client
             .clone()
             .delete_post(as_person(who, request))

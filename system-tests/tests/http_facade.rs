@@ -44,13 +44,20 @@ struct Person {
 
 /// Serves the facade (`gateway::http::router` with a verifier fetching keys from
 /// auth-service, under `axum::serve`) in front of a fresh system, through the
-/// gateway's own start-up with upstream URLs.
+/// gateway's own start-up with upstream URLs, showing every email as the course
+/// does (the default).
 async fn spawn_facade(pool: PgPool) -> (System, Facade) {
+    spawn_facade_showing_emails(pool, true).await
+}
+
+/// [`spawn_facade`] with `HTTP_SHOW_EMAILS` set to `show_emails`.
+async fn spawn_facade_showing_emails(pool: PgPool, show_emails: bool) -> (System, Facade) {
     let system = spawn_system(pool).await;
     let config = gateway::Config {
         auth_service_url: Some(system.auth.url()),
         posts_service_url: Some(system.posts.url()),
         votes_service_url: Some(system.votes.url()),
+        http_show_emails: show_emails,
         ..gateway::Config::ephemeral()
     };
     let gateway = gateway::build(&config).await.expect("the gateway starts");
@@ -242,6 +249,76 @@ async fn users_register_and_are_looked_up_with_a_token(pool: PgPool) {
         .answer()
         .await;
     expect_error(malformed_id, StatusCode::UNPROCESSABLE_ENTITY).await;
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn without_http_show_emails_an_email_is_shown_only_to_its_owner(pool: PgPool) {
+    let (_system, facade) = spawn_facade_showing_emails(pool, false).await;
+    let alice = facade.sign_up("alice@example.com").await;
+    let bob = facade.sign_up("bob@example.com").await;
+    // Registering shows the new user their own email.
+    let carol = facade.register("carol@example.com").await;
+    assert_eq!(keys(&carol), USER_KEYS);
+    assert_eq!(carol["email"], "carol@example.com");
+
+    // A post's owner has no `email` key, for anyone, the owner included.
+    let owner_keys = ["created_at", "id"];
+    let assert_owner_without_email = |post: &Value, case: &str| {
+        assert_eq!(keys(post), POST_KEYS, "{case}: {post}");
+        assert_eq!(keys(&post["owner"]), owner_keys, "{case}: {post}");
+        assert_eq!(post["owner"]["id"], alice.id.as_str(), "{case}");
+        assert_eq!(post["owner_id"], alice.id.as_str(), "{case}");
+        assert_rfc3339(&post["owner"]["created_at"]);
+    };
+    let post = facade
+        .create_post(&alice, json!({"title": "Hello", "content": "First post"}))
+        .await;
+    assert_owner_without_email(&post, "POST /posts/");
+    let path = format!("/posts/{}", post["id"].as_str().unwrap());
+    for person in [&alice, &bob] {
+        let response = facade.as_person(person, Method::GET, &path).answer().await;
+        let shown = expect(response, StatusCode::OK).await;
+        assert_owner_without_email(&shown["Post"], "GET /posts/{id}");
+        let response = facade
+            .as_person(person, Method::GET, "/posts/")
+            .answer()
+            .await;
+        let page = expect(response, StatusCode::OK).await;
+        let entries = page.as_array().expect("a list");
+        assert_eq!(entries.len(), 1, "{page}");
+        assert_owner_without_email(&entries[0]["Post"], "GET /posts/");
+    }
+    let response = facade
+        .as_person(&alice, Method::PATCH, &path)
+        .json(&json!({"title": "Hello again"}))
+        .answer()
+        .await;
+    assert_owner_without_email(&expect(response, StatusCode::OK).await, "PATCH");
+
+    // Another user has no `email` key; the user themself sees theirs.
+    let alice_path = format!("/users/{}", alice.id);
+    let response = facade
+        .as_person(&bob, Method::GET, &alice_path)
+        .answer()
+        .await;
+    let seen_by_bob = expect(response, StatusCode::OK).await;
+    assert_eq!(keys(&seen_by_bob), ["created_at", "id"], "{seen_by_bob}");
+    assert_eq!(seen_by_bob["id"], alice.id.as_str());
+    let response = facade
+        .as_person(&alice, Method::GET, &alice_path)
+        .answer()
+        .await;
+    let seen_by_alice = expect(response, StatusCode::OK).await;
+    assert_eq!(keys(&seen_by_alice), USER_KEYS, "{seen_by_alice}");
+    assert_eq!(seen_by_alice["email"], "alice@example.com");
+    assert_eq!(seen_by_alice["created_at"], seen_by_bob["created_at"]);
+
+    // An unknown user is still 404.
+    let response = facade
+        .as_person(&bob, Method::GET, &format!("/users/{}", Uuid::now_v7()))
+        .answer()
+        .await;
+    expect_error(response, StatusCode::NOT_FOUND).await;
 }
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]

@@ -3,12 +3,13 @@
 //! `votes.votes`.
 
 use agora_proto::{
+    errors::ErrorReason,
     posts::v1 as posts,
     votes::v1::{CountVotesRequest, PostVotes, VoteDirection, VoteRequest},
 };
 use futures::future::join_all;
 use sqlx::PgPool;
-use system_tests::{Person, System, as_person, assert_bad_request, spawn_system};
+use system_tests::{Person, System, as_person, assert_bad_request, assert_reason, spawn_system};
 use tonic::{Code, Request, Status};
 use uuid::Uuid;
 
@@ -77,13 +78,13 @@ async fn a_like_is_counted_and_shown_to_the_liker_only(pool: PgPool) {
     let seen_by_bob = system.get_post(&bob, &post.id).await.unwrap();
     assert_eq!(
         (seen_by_bob.like_count, seen_by_bob.liked_by_caller),
-        (1, true),
+        (Some(1), Some(true)),
         "bob sees his like"
     );
     let seen_by_alice = system.get_post(&alice, &post.id).await.unwrap();
     assert_eq!(
         (seen_by_alice.like_count, seen_by_alice.liked_by_caller),
-        (1, false),
+        (Some(1), Some(false)),
         "alice sees bob's like as not hers"
     );
 
@@ -102,7 +103,7 @@ async fn a_like_is_counted_and_shown_to_the_liker_only(pool: PgPool) {
         let seen = system.get_post(person, &post.id).await.unwrap();
         assert_eq!(
             (seen.like_count, seen.liked_by_caller),
-            (2, liked),
+            (Some(2), Some(liked)),
             "{case}: GetPost after two likes"
         );
     }
@@ -122,7 +123,7 @@ async fn liking_a_post_twice_is_already_exists_and_keeps_one_row(pool: PgPool) {
         .await
         .unwrap_err();
 
-    assert_eq!(status.code(), Code::AlreadyExists, "{status:?}");
+    assert_reason(&status, ErrorReason::AlreadyLiked, "a second like");
     assert_eq!(system.stored_likes(&post.id).await, 1, "still one row");
 }
 
@@ -167,7 +168,7 @@ async fn removing_a_like_deletes_its_row_and_removing_it_again_is_not_found(pool
         .await
         .unwrap_err();
 
-    assert_eq!(again.code(), Code::NotFound, "removing again: {again:?}");
+    assert_reason(&again, ErrorReason::NotLiked, "removing again");
     assert_eq!(system.stored_likes(&post.id).await, 0);
 
     let relike = system
@@ -187,7 +188,7 @@ async fn removing_a_like_never_given_is_not_found(pool: PgPool) {
         .await
         .unwrap_err();
 
-    assert_eq!(status.code(), Code::NotFound, "{status:?}");
+    assert_reason(&status, ErrorReason::NotLiked, "no like to remove");
     assert_eq!(system.stored_likes(&post.id).await, 0);
 }
 
@@ -254,7 +255,10 @@ async fn a_person_may_like_their_own_post(pool: PgPool) {
     assert_eq!(count, 1);
     assert!(stored_like_of(&system, &alice, &post.id).await);
     let seen = system.get_post(&alice, &post.id).await.unwrap();
-    assert_eq!((seen.like_count, seen.liked_by_caller), (1, true));
+    assert_eq!(
+        (seen.like_count, seen.liked_by_caller),
+        (Some(1), Some(true))
+    );
 }
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
@@ -266,17 +270,17 @@ async fn another_persons_draft_cannot_be_liked_but_its_owner_can_like_it(pool: P
         .create_post(&alice, "Draft", "Not yet", Some(false))
         .await
         .unwrap();
-    assert!(!draft.published, "the post is a draft");
+    assert_eq!(draft.published, Some(false), "the post is a draft");
 
     let status = system
         .vote(&bob, &draft.id, VoteDirection::Add)
         .await
         .unwrap_err();
 
-    assert_eq!(
-        status.code(),
-        Code::NotFound,
-        "bob likes alice's draft: {status:?}"
+    assert_reason(
+        &status,
+        ErrorReason::PostNotFound,
+        "bob likes alice's draft",
     );
     assert_eq!(system.stored_likes(&draft.id).await, 0, "no row for bob");
 
@@ -405,7 +409,7 @@ async fn likes_racing_the_posts_deletion_succeed_or_are_not_found_and_leave_no_r
     }
     assert_eq!(system.stored_likes(&post.id).await, 0, "no orphaned likes");
     let gone = system.get_post(&alice, &post.id).await.unwrap_err();
-    assert_eq!(gone.code(), Code::NotFound, "the post is gone: {gone:?}");
+    assert_reason(&gone, ErrorReason::PostNotFound, "the post is gone");
 }
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
@@ -492,19 +496,17 @@ async fn count_votes_answers_each_distinct_id_once_for_the_caller(pool: PgPool) 
 }
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
-async fn count_votes_of_no_ids_is_empty(pool: PgPool) {
+async fn count_votes_needs_at_least_one_id(pool: PgPool) {
     let (system, alice, _post) = system_with_post(pool).await;
 
-    let answered = system
+    let status = system
         .vote_client
         .clone()
         .count_votes(as_person(&alice, CountVotesRequest { post_ids: vec![] }))
         .await
-        .unwrap()
-        .into_inner()
-        .posts;
+        .unwrap_err();
 
-    assert_eq!(answered, []);
+    assert_invalid_field(&status, "post_ids", "no ids");
 }
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
@@ -522,12 +524,16 @@ async fn count_votes_takes_100_ids_and_rejects_101_or_a_malformed_id(pool: PgPoo
         .posts;
     assert_eq!(hundred.len(), 100, "one entry for each of 100 ids");
 
-    let cases: &[(&str, Vec<String>)] = &[
-        ("101 ids", ids(101)),
-        ("malformed id", vec![post.id.clone(), "nope".to_owned()]),
-        ("empty id", vec![String::new()]),
+    let cases: &[(&str, Vec<String>, &str)] = &[
+        ("101 ids", ids(101), "post_ids"),
+        (
+            "malformed id",
+            vec![post.id.clone(), "nope".to_owned()],
+            "post_ids[1]",
+        ),
+        ("empty id", vec![String::new()], "post_ids[0]"),
     ];
-    for (case, post_ids) in cases {
+    for (case, post_ids, field) in cases {
         let request = as_person(
             &alice,
             CountVotesRequest {
@@ -540,7 +546,7 @@ async fn count_votes_takes_100_ids_and_rejects_101_or_a_malformed_id(pool: PgPoo
             .count_votes(request)
             .await
             .expect_err(case);
-        assert_invalid_field(&status, "post_ids", case);
+        assert_invalid_field(&status, field, case);
     }
 }
 

@@ -4,12 +4,12 @@ use access_token::caller;
 use agora_proto::votes::v1::{self as proto, VoteDirection, vote_service_server::VoteService};
 use service_kit::{
     ApiError,
-    fields::{parse_id, parse_ids},
+    fields::{distinct, parse_id, parse_ids},
 };
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
-use crate::votes::{self, Direction, MAX_BATCH};
+use crate::votes::{self, Direction};
 
 pub struct VoteApi {
     pub pool: PgPool,
@@ -39,7 +39,8 @@ impl VoteService for VoteApi {
         let span = tracing::Span::current();
         span.record("user_id", tracing::field::display(caller.user_id));
         span.record("post_id", tracing::field::display(post_id));
-        let like_count = votes::vote(&self.pool, post_id, caller.user_id, direction).await?;
+        let mut conn = self.pool.acquire().await.map_err(ApiError::from)?;
+        let like_count = votes::vote(&mut conn, post_id, caller.user_id, direction).await?;
         Ok(Response::new(proto::VoteResponse { like_count }))
     }
 
@@ -49,9 +50,10 @@ impl VoteService for VoteApi {
         request: Request<proto::CountVotesRequest>,
     ) -> Result<Response<proto::CountVotesResponse>, Status> {
         let caller = caller(&request)?;
-        let post_ids = parse_ids("post_ids", &request.get_ref().post_ids, MAX_BATCH)?;
+        let post_ids = distinct(&parse_ids("post_ids", &request.get_ref().post_ids)?);
         tracing::Span::current().record("posts", post_ids.len());
-        let counts = votes::count(&self.pool, &post_ids, caller.user_id).await?;
+        let mut conn = self.pool.acquire().await.map_err(ApiError::from)?;
+        let counts = votes::count(&mut conn, &post_ids, caller.user_id).await?;
         let posts = counts
             .into_iter()
             .map(|votes| proto::PostVotes {

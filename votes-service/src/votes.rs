@@ -3,12 +3,15 @@
 //! Every outcome is decided by one statement and the table's constraints, never by
 //! a read followed by a write, so simultaneous votes cannot both succeed.
 
+use agora_proto::errors::ErrorReason;
 use service_kit::{ApiError, ConstraintExt};
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-/// Largest number of posts one `CountVotes` may ask about: a page of posts.
-pub const MAX_BATCH: usize = 100;
+const POST_NOT_FOUND: ApiError = ApiError::Refused {
+    reason: ErrorReason::PostNotFound,
+    message: "post not found",
+};
 
 /// What a vote does.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -28,25 +31,26 @@ pub struct PostVotes {
 /// Adds or removes `user_id`'s like of `post_id`, and returns the post's like count
 /// as the same statement saw it, so a successful like never reports zero.
 pub async fn vote(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     post_id: Uuid,
     user_id: Uuid,
     direction: Direction,
 ) -> Result<i64, ApiError> {
     match direction {
-        Direction::Add => add(pool, post_id, user_id).await,
-        Direction::Remove => remove(pool, post_id, user_id).await,
+        Direction::Add => add(conn, post_id, user_id).await,
+        Direction::Remove => remove(conn, post_id, user_id).await,
     }
 }
 
-async fn add(pool: &PgPool, post_id: Uuid, user_id: Uuid) -> Result<i64, ApiError> {
-    // Another person's draft is invisible to the voter, as if it did not exist;
-    // the foreign key catches a post deleted meanwhile. The count runs on the
-    // statement's snapshot, which does not hold the new row: hence the sum.
+async fn add(conn: &mut PgConnection, post_id: Uuid, user_id: Uuid) -> Result<i64, ApiError> {
+    // Only a post the voter may see can be liked: posts-service's read interface
+    // says which (another person's draft is as if it did not exist). The foreign
+    // key catches a post deleted meanwhile. The count runs on the statement's
+    // snapshot, which does not hold the new row: hence the sum.
     let outcome = sqlx::query!(
         r#"with added as (
                insert into votes.votes (post_id, user_id)
-               select id, $2 from posts.posts where id = $1 and (published or owner_id = $2)
+               select id, $2 from posts.visible_posts($2) where id = $1
                returning post_id
            )
            select (select count(*) from added) as "added!",
@@ -54,21 +58,27 @@ async fn add(pool: &PgPool, post_id: Uuid, user_id: Uuid) -> Result<i64, ApiErro
         post_id,
         user_id
     )
-    .fetch_one(pool)
+    .fetch_one(&mut *conn)
     .await
     .on_constraint(|constraint| match constraint {
-        "votes_pkey" => Some(ApiError::AlreadyExists("you already like this post")),
-        "votes_post_id_fkey" => Some(ApiError::NotFound("post not found")),
-        "votes_user_id_fkey" => Some(ApiError::NotFound("user not found")),
+        "votes_pkey" => Some(ApiError::refused(
+            ErrorReason::AlreadyLiked,
+            "you already like this post",
+        )),
+        "votes_post_id_fkey" => Some(POST_NOT_FOUND),
+        "votes_user_id_fkey" => Some(ApiError::refused(
+            ErrorReason::UserNotFound,
+            "user not found",
+        )),
         _ => None,
     })?;
     match outcome.added {
-        0 => Err(ApiError::NotFound("post not found")),
+        0 => Err(POST_NOT_FOUND),
         added => Ok(outcome.before + added),
     }
 }
 
-async fn remove(pool: &PgPool, post_id: Uuid, user_id: Uuid) -> Result<i64, ApiError> {
+async fn remove(conn: &mut PgConnection, post_id: Uuid, user_id: Uuid) -> Result<i64, ApiError> {
     let outcome = sqlx::query!(
         r#"with removed as (
                delete from votes.votes where post_id = $1 and user_id = $2 returning post_id
@@ -78,10 +88,13 @@ async fn remove(pool: &PgPool, post_id: Uuid, user_id: Uuid) -> Result<i64, ApiE
         post_id,
         user_id
     )
-    .fetch_one(pool)
+    .fetch_one(conn)
     .await?;
     match outcome.removed {
-        0 => Err(ApiError::NotFound("you do not like this post")),
+        0 => Err(ApiError::refused(
+            ErrorReason::NotLiked,
+            "you do not like this post",
+        )),
         removed => Ok(outcome.before - removed),
     }
 }
@@ -89,7 +102,7 @@ async fn remove(pool: &PgPool, post_id: Uuid, user_id: Uuid) -> Result<i64, ApiE
 /// The like counts of `post_ids` and whether `user_id` likes each, in one query;
 /// one entry per id, zero for posts without likes or that do not exist.
 pub async fn count(
-    pool: &PgPool,
+    conn: &mut PgConnection,
     post_ids: &[Uuid],
     user_id: Uuid,
 ) -> Result<Vec<PostVotes>, ApiError> {
@@ -104,6 +117,6 @@ pub async fn count(
         post_ids,
         user_id
     )
-    .fetch_all(pool)
+    .fetch_all(conn)
     .await?)
 }

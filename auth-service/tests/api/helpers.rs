@@ -29,7 +29,7 @@ pub async fn spawn_app(pool: PgPool) -> TestApp {
 
 pub async fn spawn_app_with(pool: PgPool, config: Config) -> TestApp {
     service_kit::telemetry::init_for_tests();
-    let server = auth_service::build_with_pool(&config, pool.clone())
+    let server = service_kit::service::build_with_pool(&config, pool.clone())
         .await
         .expect("auth-service builds");
     let address = server.local_addr();
@@ -64,6 +64,7 @@ impl TestApp {
         let request = proto::CreateUserRequest {
             email: email.to_owned(),
             password: password.to_owned(),
+            request_id: String::new(),
         };
         let response = self.users.clone().create_user(request).await?;
         Ok(response.into_inner().user.expect("a created user"))
@@ -141,4 +142,4 @@ pub fn authorized<T>(message: T, token: Option<&str>) -> Request<T> {
     request
 }
 
-pub use system_tests::assert_bad_request;
+pub use system_tests::{assert_bad_request, assert_reason};

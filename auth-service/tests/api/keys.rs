@@ -101,7 +101,7 @@ async fn an_unusable_key_file_stops_start_up_with_a_clear_error(pool: PgPool) {
             },
             ..Config::ephemeral()
         };
-        let error = auth_service::build_with_pool(&config, pool.clone())
+        let error = service_kit::service::build_with_pool(&config, pool.clone())
             .await
             .err()
             .expect("start-up fails");

@@ -1,14 +1,16 @@
 use std::time::Duration;
 
 use access_token::{AUDIENCE, ISSUER};
-use agora_proto::auth::v1 as proto;
+use agora_proto::{auth::v1 as proto, errors::ErrorReason};
 use auth_service::{AuthSettings, Config};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use sqlx::PgPool;
 use tonic::Code;
 use tonic_types::StatusExt;
 
-use crate::helpers::{PASSWORD, assert_bad_request, spawn_app, spawn_app_with};
+use uuid::Uuid;
+
+use crate::helpers::{PASSWORD, assert_bad_request, assert_reason, spawn_app, spawn_app_with};
 
 fn json_part(token: &str, index: usize) -> serde_json::Value {
     let part = token.split('.').nth(index).expect("a JWT has three parts");
@@ -29,7 +31,15 @@ async fn login_issues_an_eddsa_bearer_token_for_the_user(pool: PgPool) {
         .expect("email case and spaces do not matter");
 
     assert_eq!(login.token_type, "bearer");
-    assert_eq!(login.expires_in, 1800, "the default lifetime is 30 minutes");
+    assert_eq!(
+        login.expires_in,
+        Some(prost_types::Duration {
+            seconds: 1800,
+            nanos: 0
+        }),
+        "the default lifetime is 30 minutes, as a Duration"
+    );
+    assert!(login.refresh_token.is_empty(), "no refresh tokens yet");
     let header = json_part(&login.access_token, 0);
     assert_eq!(header["alg"], "EdDSA");
     assert!(header["kid"].is_string(), "{header}");
@@ -41,6 +51,11 @@ async fn login_issues_an_eddsa_bearer_token_for_the_user(pool: PgPool) {
         claims["jti"].is_string() && claims["iat"].is_u64(),
         "{claims}"
     );
+    assert_eq!(
+        claims["sid"], login.session_id,
+        "the session id is the token's sid claim"
+    );
+    Uuid::parse_str(&login.session_id).expect("a session id is a UUID");
     assert_eq!(
         claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
         1800
@@ -61,6 +76,7 @@ async fn login_issues_an_eddsa_bearer_token_for_the_user(pool: PgPool) {
         .into_inner();
     assert_eq!(verified.user_id, user.id);
     assert_eq!(verified.token_id, claims["jti"].as_str().unwrap());
+    assert_eq!(verified.session_id, login.session_id);
 }
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
@@ -99,7 +115,7 @@ async fn unknown_email_and_wrong_password_get_the_same_answer(pool: PgPool) {
     let malformed_email = app.login("nobody", PASSWORD).await.unwrap_err();
 
     for status in [&wrong_password, &unknown_email, &malformed_email] {
-        assert_eq!(status.code(), Code::Unauthenticated, "{status:?}");
+        assert_reason(status, ErrorReason::InvalidCredentials, "a failed login");
         assert_eq!(
             status.message(),
             wrong_password.message(),
@@ -163,10 +179,10 @@ async fn repeated_failed_logins_for_an_email_are_refused_for_a_while(pool: PgPoo
     }
     let refused = app.login("ALICE@example.com", PASSWORD).await.unwrap_err();
 
-    assert_eq!(
-        refused.code(),
-        Code::ResourceExhausted,
-        "even the right password, for now: {refused:?}"
+    assert_reason(
+        &refused,
+        ErrorReason::LoginThrottled,
+        "even the right password, for now",
     );
     let retry = refused
         .get_details_retry_info()

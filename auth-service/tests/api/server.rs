@@ -112,6 +112,7 @@ async fn oversized_messages_are_refused(pool: PgPool) {
     let request = proto::CreateUserRequest {
         email: "big@example.com".to_owned(),
         password: "x".repeat(2 << 20),
+        request_id: String::new(),
     };
     let status = app.users.clone().create_user(request).await.unwrap_err();
 
@@ -135,6 +136,7 @@ async fn shutdown_lets_calls_in_flight_finish(pool: PgPool) {
         let request = proto::CreateUserRequest {
             email: format!("user{i}@example.com"),
             password: PASSWORD.to_owned(),
+            request_id: String::new(),
         };
         registrations.push(tokio::spawn(
             async move { users.create_user(request).await },

@@ -1,6 +1,9 @@
 //! Token attacks: every forged, stale or misdirected token gets UNAUTHENTICATED.
 
-use agora_proto::auth::v1 as proto;
+use agora_proto::{
+    auth::v1 as proto,
+    errors::{ErrorReason, reason_of},
+};
 use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
@@ -223,6 +226,19 @@ async fn forged_and_invalid_tokens_are_unauthenticated(pool: PgPool) {
     for (case, token) in &cases {
         let status = app.get_user(&alice.id, Some(token)).await.unwrap_err();
         assert_eq!(status.code(), Code::Unauthenticated, "{case}: {status:?}");
+        let reason = reason_of(&status);
+        match *case {
+            "expired" => assert_eq!(reason, Some(ErrorReason::TokenExpired), "{case}"),
+            "not yet valid" => assert_eq!(reason, Some(ErrorReason::TokenNotYetValid), "{case}"),
+            "unknown kid" => assert_eq!(reason, Some(ErrorReason::TokenKeyUnknown), "{case}"),
+            _ => assert!(
+                matches!(
+                    reason,
+                    Some(ErrorReason::TokenInvalid | ErrorReason::TokenMalformed)
+                ),
+                "{case}: {reason:?}"
+            ),
+        }
         assert!(
             status.message().contains("token"),
             "{case}: a short reason: {:?}",

@@ -1,10 +1,10 @@
-use agora_proto::auth::v1 as proto;
+use agora_proto::{auth::v1 as proto, errors::ErrorReason};
 use futures::future::join_all;
 use sqlx::PgPool;
 use tonic::Code;
 use uuid::Uuid;
 
-use crate::helpers::{PASSWORD, assert_bad_request, authorized, spawn_app};
+use crate::helpers::{PASSWORD, assert_bad_request, assert_reason, authorized, spawn_app};
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn create_user_stores_an_argon2id_hash_and_returns_no_secret(pool: PgPool) {
@@ -44,7 +44,11 @@ async fn an_email_is_taken_whatever_its_case(pool: PgPool) {
         .await
         .unwrap_err();
 
-    assert_eq!(status.code(), Code::AlreadyExists);
+    assert_reason(
+        &status,
+        ErrorReason::EmailAlreadyRegistered,
+        "a taken email",
+    );
     let count: i64 = sqlx::query_scalar("select count(*) from auth.users")
         .fetch_one(&app.pool)
         .await
@@ -143,14 +147,23 @@ async fn passwords_of_8_and_128_characters_are_accepted(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
-async fn get_user_returns_the_user_to_a_signed_in_caller(pool: PgPool) {
+async fn get_user_shows_the_email_only_to_the_user_themself(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let (alice, _) = app.signed_in_user("alice@example.com").await;
+    let (alice, alices_token) = app.signed_in_user("alice@example.com").await;
     let (_, bobs_token) = app.signed_in_user("bob@example.com").await;
 
-    let fetched = app.get_user(&alice.id, Some(&bobs_token)).await.unwrap();
+    let seen_by_alice = app.get_user(&alice.id, Some(&alices_token)).await.unwrap();
+    let seen_by_bob = app.get_user(&alice.id, Some(&bobs_token)).await.unwrap();
 
-    assert_eq!(fetched, alice);
+    assert_eq!(seen_by_alice, alice, "the whole user, email included");
+    assert_eq!(
+        seen_by_bob,
+        proto::User {
+            email: String::new(),
+            ..alice
+        },
+        "another person sees the public profile: no email"
+    );
 }
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
@@ -175,64 +188,92 @@ async fn get_user_errors(pool: PgPool) {
         .get_user(&Uuid::now_v7().to_string(), Some(&token))
         .await
         .unwrap_err();
-    assert_eq!(unknown.code(), Code::NotFound, "{unknown:?}");
+    assert_reason(&unknown, ErrorReason::UserNotFound, "an unknown id");
 }
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
-async fn batch_get_users_answers_known_ids_once(pool: PgPool) {
+async fn batch_get_users_answers_in_the_order_asked_with_emails(pool: PgPool) {
     let app = spawn_app(pool).await;
     let (alice, token) = app.signed_in_user("alice@example.com").await;
     let bob = app.create_user("bob@example.com", PASSWORD).await.unwrap();
-    let ids = vec![
-        alice.id.clone(),
-        bob.id.clone(),
-        alice.id.clone(),
-        Uuid::now_v7().to_string(),
-    ];
+    let ids = vec![bob.id.clone(), alice.id.clone(), bob.id.clone()];
 
-    let request = authorized(proto::BatchGetUsersRequest { ids }, Some(&token));
-    let mut users = app
-        .users
-        .clone()
-        .batch_get_users(request)
+    let users = batch_get_users(&app, ids, false, &token).await.unwrap();
+
+    assert_eq!(
+        users,
+        vec![bob.clone(), alice, bob],
+        "AIP-231: one user per id, in request order, repeats included, emails \
+         included (an internal method, for other services)"
+    );
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn batch_get_users_fails_for_an_unknown_id_unless_missing_ones_are_allowed(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (alice, token) = app.signed_in_user("alice@example.com").await;
+    let bob = app.create_user("bob@example.com", PASSWORD).await.unwrap();
+    let ids = vec![bob.id.clone(), Uuid::now_v7().to_string(), alice.id.clone()];
+
+    let status = batch_get_users(&app, ids.clone(), false, &token)
         .await
-        .unwrap()
-        .into_inner()
-        .users;
+        .unwrap_err();
+    assert_reason(&status, ErrorReason::UserNotFound, "one unknown id");
 
-    users.sort_by(|a, b| a.email.cmp(&b.email));
-    assert_eq!(users, vec![alice, bob]);
+    let partial = batch_get_users(&app, ids, true, &token).await.unwrap();
+    assert_eq!(
+        partial,
+        vec![bob, alice],
+        "allow_missing leaves the unknown out and keeps the order"
+    );
 }
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn batch_get_users_limits_and_checks_ids(pool: PgPool) {
     let app = spawn_app(pool).await;
-    let (_, token) = app.signed_in_user("alice@example.com").await;
-    let mut client = app.users.clone();
+    let (alice, token) = app.signed_in_user("alice@example.com").await;
 
     let too_many = (0..101).map(|_| Uuid::now_v7().to_string()).collect();
-    let status = client
-        .batch_get_users(authorized(
-            proto::BatchGetUsersRequest { ids: too_many },
-            Some(&token),
-        ))
+    let status = batch_get_users(&app, too_many, false, &token)
         .await
         .unwrap_err();
     assert_bad_request(&status, &["ids"], "101 ids");
 
-    let malformed = vec!["x".to_owned()];
-    let status = client
-        .batch_get_users(authorized(
-            proto::BatchGetUsersRequest { ids: malformed },
-            Some(&token),
-        ))
+    let malformed = vec![alice.id.clone(), "x".to_owned()];
+    let status = batch_get_users(&app, malformed, false, &token)
         .await
         .unwrap_err();
-    assert_bad_request(&status, &["ids"], "malformed id");
+    assert_bad_request(&status, &["ids[1]"], "a malformed id, named by its index");
 
-    let status = client
-        .batch_get_users(proto::BatchGetUsersRequest { ids: vec![] })
+    let status = batch_get_users(&app, vec![], false, &token)
         .await
         .unwrap_err();
-    assert_eq!(status.code(), Code::Unauthenticated, "no token");
+    assert_bad_request(&status, &["ids"], "no ids");
+
+    let status = app
+        .users
+        .clone()
+        .batch_get_users(proto::BatchGetUsersRequest {
+            ids: vec![alice.id],
+            allow_missing: false,
+        })
+        .await
+        .unwrap_err();
+    assert_reason(&status, ErrorReason::TokenMissing, "no token");
+}
+
+async fn batch_get_users(
+    app: &crate::helpers::TestApp,
+    ids: Vec<String>,
+    allow_missing: bool,
+    token: &str,
+) -> Result<Vec<proto::User>, tonic::Status> {
+    let request = proto::BatchGetUsersRequest { ids, allow_missing };
+    Ok(app
+        .users
+        .clone()
+        .batch_get_users(authorized(request, Some(token)))
+        .await?
+        .into_inner()
+        .users)
 }

@@ -35,11 +35,16 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 pub(crate) struct Facade {
     upstreams: Upstreams,
     verifier: Arc<TokenVerifier>,
+    /// Whether answers show every user's email, as the course API does
+    /// (`HTTP_SHOW_EMAILS`).
+    show_emails: bool,
 }
 
 /// The facade's routes, each with and without its trailing slash, plus
-/// `/openapi.json` and `/docs`.
-pub fn router(upstreams: Upstreams, verifier: Arc<TokenVerifier>) -> Router {
+/// `/openapi.json` and `/docs`. With `show_emails`, users and post owners carry
+/// their email, as in the course API; without, an email is shown only to its
+/// owner, as the gRPC API does.
+pub fn router(upstreams: Upstreams, verifier: Arc<TokenVerifier>, show_emails: bool) -> Router {
     let routes = [
         ("/users", post(users::create)),
         ("/users/{id}", get(users::get)),
@@ -65,6 +70,7 @@ pub fn router(upstreams: Upstreams, verifier: Arc<TokenVerifier>) -> Router {
         .with_state(Facade {
             upstreams,
             verifier,
+            show_emails,
         })
 }
 

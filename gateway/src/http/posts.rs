@@ -1,6 +1,8 @@
 //! `/posts/` and `/posts/{id}`: list, read, create, replace, patch and delete,
 //! onto posts-service's PostService, in the course's JSON shapes.
 
+use std::collections::HashMap;
+
 use agora_proto::posts::v1 as posts;
 use axum::{Json, extract::State, http::StatusCode};
 use prost_types::FieldMask;
@@ -42,25 +44,66 @@ pub struct PostWithVotes {
 }
 
 impl PostOut {
-    fn from_proto(post: Option<posts::Post>) -> Result<Self, HttpError> {
-        Ok(Self::with_votes(post)?.post)
+    /// The course's shape of `post`; `emails` holds the owners whose email the
+    /// facade shows.
+    fn from_proto(post: posts::Post, emails: &HashMap<String, String>) -> Result<Self, HttpError> {
+        Ok(Self::with_votes(post, emails)?.post)
     }
 
-    fn with_votes(post: Option<posts::Post>) -> Result<PostWithVotes, HttpError> {
-        let post = post.ok_or_else(|| HttpError::incomplete_answer(UPSTREAM, "a post"))?;
+    fn with_votes(
+        post: posts::Post,
+        emails: &HashMap<String, String>,
+    ) -> Result<PostWithVotes, HttpError> {
+        let incomplete = |what| HttpError::incomplete_answer(UPSTREAM, what);
+        let owner = post.owner.ok_or_else(|| incomplete("an owner"))?;
         let out = PostOut {
             created_at: rfc3339(UPSTREAM, post.create_time)?,
-            owner: UserOut::from_proto(UPSTREAM, post.owner)?,
+            owner: UserOut {
+                created_at: rfc3339(UPSTREAM, owner.create_time)?,
+                email: emails.get(&owner.id).cloned(),
+                id: owner.id,
+            },
             id: post.id,
             title: post.title,
             content: post.content,
-            published: post.published,
+            published: post.published.ok_or_else(|| incomplete("published"))?,
             owner_id: post.owner_id,
         };
         Ok(PostWithVotes {
             post: out,
-            votes: post.like_count,
+            votes: post.like_count.ok_or_else(|| incomplete("a like count"))?,
         })
+    }
+}
+
+impl Facade {
+    /// The emails of the posts' owners, by owner id, when the facade shows them.
+    async fn owner_emails(
+        &self,
+        bearer: &Bearer,
+        posts: &[posts::Post],
+    ) -> Result<HashMap<String, String>, HttpError> {
+        let mut owner_ids: Vec<String> = posts.iter().map(|post| post.owner_id.clone()).collect();
+        owner_ids.sort_unstable();
+        owner_ids.dedup();
+        let users = self.users_with_emails(bearer, owner_ids).await?;
+        Ok(users
+            .into_iter()
+            .map(|user| (user.id, user.email))
+            .collect())
+    }
+
+    /// One post in the course's shape.
+    async fn post_out(
+        &self,
+        bearer: &Bearer,
+        post: Option<posts::Post>,
+    ) -> Result<PostOut, HttpError> {
+        let post = post.ok_or_else(|| HttpError::incomplete_answer(UPSTREAM, "a post"))?;
+        let emails = self
+            .owner_emails(bearer, std::slice::from_ref(&post))
+            .await?;
+        PostOut::from_proto(post, &emails)
     }
 }
 
@@ -160,11 +203,11 @@ pub async fn list(
         .list_posts(bearer.request(request))
         .await
         .map_err(upstream_error)?;
-    let page = response
-        .into_inner()
-        .posts
+    let posts = response.into_inner().posts;
+    let emails = facade.owner_emails(&bearer, &posts).await?;
+    let page = posts
         .into_iter()
-        .map(|post| PostOut::with_votes(Some(post)))
+        .map(|post| PostOut::with_votes(post, &emails))
         .collect::<Result<_, _>>()?;
     Ok(Json(page))
 }
@@ -195,7 +238,14 @@ pub async fn get(
         .get_post(bearer.request(posts::GetPostRequest { id }))
         .await
         .map_err(upstream_error)?;
-    Ok(Json(PostOut::with_votes(response.into_inner().post)?))
+    let post = response
+        .into_inner()
+        .post
+        .ok_or_else(|| HttpError::incomplete_answer(UPSTREAM, "a post"))?;
+    let emails = facade
+        .owner_emails(&bearer, std::slice::from_ref(&post))
+        .await?;
+    Ok(Json(PostOut::with_votes(post, &emails)?))
 }
 
 /// Write a post; you are its owner.
@@ -218,9 +268,13 @@ pub async fn create(
     JsonBody(body): JsonBody<PostCreate>,
 ) -> Result<(StatusCode, Json<PostOut>), HttpError> {
     let request = posts::CreatePostRequest {
-        title: body.title,
-        content: body.content,
-        published: body.published,
+        post: Some(posts::Post {
+            title: body.title,
+            content: body.content,
+            published: body.published,
+            ..Default::default()
+        }),
+        request_id: String::new(),
     };
     let response = facade
         .upstreams
@@ -228,7 +282,7 @@ pub async fn create(
         .create_post(bearer.request(request))
         .await
         .map_err(upstream_error)?;
-    let post = PostOut::from_proto(response.into_inner().post)?;
+    let post = facade.post_out(&bearer, response.into_inner().post).await?;
     Ok((StatusCode::CREATED, Json(post)))
 }
 
@@ -255,13 +309,18 @@ pub async fn replace(
     PathId(id): PathId,
     JsonBody(body): JsonBody<PostCreate>,
 ) -> Result<Json<PostOut>, HttpError> {
-    // No update mask: the service replaces the post.
+    // `*`: the service replaces the post, publishing it unless told otherwise.
     let request = posts::UpdatePostRequest {
-        id,
-        title: body.title,
-        content: body.content,
-        published: body.published,
-        update_mask: None,
+        post: Some(posts::Post {
+            id,
+            title: body.title,
+            content: body.content,
+            published: body.published,
+            ..Default::default()
+        }),
+        update_mask: Some(FieldMask {
+            paths: vec!["*".to_owned()],
+        }),
     };
     update(&facade, &bearer, request).await
 }
@@ -300,10 +359,13 @@ pub async fn patch(
     .map(|(path, _)| path.to_owned())
     .collect();
     let request = posts::UpdatePostRequest {
-        id,
-        title: body.title.unwrap_or_default(),
-        content: body.content.unwrap_or_default(),
-        published: body.published,
+        post: Some(posts::Post {
+            id,
+            title: body.title.unwrap_or_default(),
+            content: body.content.unwrap_or_default(),
+            published: body.published,
+            ..Default::default()
+        }),
         update_mask: Some(FieldMask { paths }),
     };
     update(&facade, &bearer, request).await
@@ -320,7 +382,8 @@ async fn update(
         .update_post(bearer.request(request))
         .await
         .map_err(upstream_error)?;
-    Ok(Json(PostOut::from_proto(response.into_inner().post)?))
+    let post = facade.post_out(bearer, response.into_inner().post).await?;
+    Ok(Json(post))
 }
 
 /// Delete a post and its likes.
@@ -347,7 +410,10 @@ pub async fn delete(
     facade
         .upstreams
         .posts()
-        .delete_post(bearer.request(posts::DeletePostRequest { id }))
+        .delete_post(bearer.request(posts::DeletePostRequest {
+            id,
+            etag: String::new(),
+        }))
         .await
         .map_err(upstream_error)?;
     Ok(StatusCode::NO_CONTENT)

@@ -34,7 +34,10 @@ pub struct UserCreate {
 pub struct UserOut {
     #[schema(format = "uuid")]
     pub id: String,
-    pub email: String,
+    /// Shown to everyone by default, as in the course API; with
+    /// `HTTP_SHOW_EMAILS=false`, only to the user themself.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub email: Option<String>,
     #[schema(format = "date-time")]
     pub created_at: String,
 }
@@ -45,8 +48,34 @@ impl UserOut {
         Ok(Self {
             created_at: rfc3339(upstream, user.create_time)?,
             id: user.id,
-            email: user.email,
+            // auth-service leaves out the email of anyone but the caller.
+            email: Some(user.email).filter(|email| !email.is_empty()),
         })
+    }
+}
+
+impl Facade {
+    /// The users with `ids`, emails included, when the facade shows every email
+    /// (`HTTP_SHOW_EMAILS`); none otherwise. Users missing by now are left out.
+    pub(crate) async fn users_with_emails(
+        &self,
+        bearer: &Bearer,
+        ids: Vec<String>,
+    ) -> Result<Vec<auth::User>, HttpError> {
+        if !self.show_emails || ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let request = auth::BatchGetUsersRequest {
+            ids,
+            allow_missing: true,
+        };
+        let response = self
+            .upstreams
+            .users()
+            .batch_get_users(bearer.request(request))
+            .await
+            .map_err(|status| HttpError::from_status(UPSTREAM, &status))?;
+        Ok(response.into_inner().users)
     }
 }
 
@@ -76,6 +105,7 @@ pub async fn create(
     let request = auth::CreateUserRequest {
         email: body.email,
         password: body.password,
+        request_id: String::new(),
     };
     let response = facade
         .upstreams
@@ -88,7 +118,7 @@ pub async fn create(
 }
 
 /// Look a user up. Needs a token, unlike the course, which showed any user's email
-/// to anyone.
+/// to anyone; with `HTTP_SHOW_EMAILS=false` the email is shown only to its owner.
 #[utoipa::path(
     get,
     path = "/users/{id}",
@@ -108,14 +138,24 @@ pub async fn get(
     State(facade): State<Facade>,
     PathId(id): PathId,
 ) -> Result<Json<UserOut>, HttpError> {
-    let response = facade
-        .upstreams
-        .users()
-        .get_user(bearer.request(auth::GetUserRequest { id }))
-        .await
-        .map_err(|status| HttpError::from_status(UPSTREAM, &status))?;
-    Ok(Json(UserOut::from_proto(
-        UPSTREAM,
-        response.into_inner().user,
-    )?))
+    let user = if facade.show_emails {
+        // The course shows anyone's email: ask for the whole user.
+        let users = facade.users_with_emails(&bearer, vec![id]).await?;
+        match users.into_iter().next() {
+            Some(user) => user,
+            None => return Err(HttpError::new(StatusCode::NOT_FOUND, "user not found")),
+        }
+    } else {
+        let response = facade
+            .upstreams
+            .users()
+            .get_user(bearer.request(auth::GetUserRequest { id }))
+            .await
+            .map_err(|status| HttpError::from_status(UPSTREAM, &status))?;
+        response
+            .into_inner()
+            .user
+            .ok_or_else(|| HttpError::incomplete_answer(UPSTREAM, "a user"))?
+    };
+    Ok(Json(UserOut::from_proto(UPSTREAM, Some(user))?))
 }

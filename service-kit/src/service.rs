@@ -1,0 +1,71 @@
+//! Starting a service: the one way every Agora service binary connects to the
+//! database, builds its API, binds and serves.
+
+use std::{future::Future, net::SocketAddr, process::ExitCode};
+
+use sqlx::PgPool;
+
+use crate::{
+    BindError, CommonArgs, GrpcServer, ServedApi, config::KeyConfigError, database::DatabaseError,
+};
+
+/// A service's configuration, which is all it takes to start the service.
+pub trait ServiceConfig: clap::Parser + Sync {
+    /// The binary's name, for log lines.
+    const NAME: &'static str;
+
+    fn listen(&self) -> SocketAddr;
+
+    fn common(&self) -> &CommonArgs;
+
+    /// The service's gRPC API on an already migrated database.
+    fn served_api(
+        &self,
+        pool: PgPool,
+    ) -> impl Future<Output = Result<ServedApi, StartupError>> + Send;
+}
+
+/// Why a service could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartupError {
+    #[error(transparent)]
+    Database(#[from] DatabaseError),
+    #[error(transparent)]
+    Keys(#[from] KeyConfigError),
+    #[error(transparent)]
+    Bind(#[from] BindError),
+    /// A setting of the service's own that cannot be used.
+    #[error("{0}")]
+    Config(String),
+}
+
+/// Connects to the database (creating and migrating it as needed) and binds the
+/// service.
+pub async fn build<C: ServiceConfig>(config: &C) -> Result<GrpcServer, StartupError> {
+    let pool = crate::database::connect(&config.common().database).await?;
+    build_with_pool(config, pool).await
+}
+
+/// Binds the service on an already migrated database.
+pub async fn build_with_pool<C: ServiceConfig>(
+    config: &C,
+    pool: PgPool,
+) -> Result<GrpcServer, StartupError> {
+    let api = config.served_api(pool).await?;
+    Ok(GrpcServer::bind(config.listen(), config.common().limits.clone(), api).await?)
+}
+
+/// A service binary's whole `main`: read the configuration, set up logging, then
+/// serve until a shutdown signal (or check health, with `--health-check`).
+pub async fn main<C: ServiceConfig>() -> ExitCode {
+    let config = C::parse();
+    crate::telemetry::init(config.common().log_format);
+    let common = config.common();
+    crate::serve_or_check(
+        C::NAME,
+        config.listen(),
+        common.health_check,
+        build(&config),
+    )
+    .await
+}
