@@ -29,12 +29,8 @@ pub use config::{AuthSettings, Config};
 impl ServiceConfig for Config {
     const NAME: &'static str = "auth-service";
 
-    fn listen(&self) -> SocketAddr {
-        self.listen
-    }
-
-    fn common(&self) -> &CommonArgs {
-        &self.common
+    fn server(&self) -> (SocketAddr, &CommonArgs) {
+        (self.listen, &self.common)
     }
 
     /// auth-service's gRPC services.

@@ -14,9 +14,8 @@ pub trait ServiceConfig: clap::Parser + Sync {
     /// The binary's name, for log lines.
     const NAME: &'static str;
 
-    fn listen(&self) -> SocketAddr;
-
-    fn common(&self) -> &CommonArgs;
+    /// Where it listens, and the settings every server takes.
+    fn server(&self) -> (SocketAddr, &CommonArgs);
 
     /// The service's gRPC API on an already migrated database.
     fn served_api(
@@ -42,7 +41,7 @@ pub enum StartupError {
 /// Connects to the database (creating and migrating it as needed) and binds the
 /// service.
 pub async fn build<C: ServiceConfig>(config: &C) -> Result<GrpcServer, StartupError> {
-    let pool = crate::database::connect(&config.common().database).await?;
+    let pool = crate::database::connect(&config.server().1.database).await?;
     build_with_pool(config, pool).await
 }
 
@@ -52,20 +51,15 @@ pub async fn build_with_pool<C: ServiceConfig>(
     pool: PgPool,
 ) -> Result<GrpcServer, StartupError> {
     let api = config.served_api(pool).await?;
-    Ok(GrpcServer::bind(config.listen(), config.common().limits.clone(), api).await?)
+    let (listen, common) = config.server();
+    Ok(GrpcServer::bind(listen, common.limits.clone(), api).await?)
 }
 
 /// A service binary's whole `main`: read the configuration, set up logging, then
 /// serve until a shutdown signal (or check health, with `--health-check`).
 pub async fn main<C: ServiceConfig>() -> ExitCode {
     let config = C::parse();
-    crate::telemetry::init(config.common().log_format);
-    let common = config.common();
-    crate::serve_or_check(
-        C::NAME,
-        config.listen(),
-        common.health_check,
-        build(&config),
-    )
-    .await
+    let (listen, common) = config.server();
+    crate::telemetry::init(common.log_format);
+    crate::serve_or_check(C::NAME, listen, common.health_check, build(&config)).await
 }

@@ -22,12 +22,8 @@ pub use config::Config;
 impl ServiceConfig for Config {
     const NAME: &'static str = "votes-service";
 
-    fn listen(&self) -> SocketAddr {
-        self.listen
-    }
-
-    fn common(&self) -> &CommonArgs {
-        &self.common
+    fn server(&self) -> (SocketAddr, &CommonArgs) {
+        (self.listen, &self.common)
     }
 
     /// votes-service's gRPC service.
