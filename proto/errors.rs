@@ -35,14 +35,15 @@ impl ErrorReason {
     pub fn code(self) -> Code {
         use ErrorReason as R;
         match self {
-            R::InvalidFields => Code::InvalidArgument,
+            R::InvalidFields | R::RequestIdReused => Code::InvalidArgument,
             R::TokenMissing
             | R::TokenMalformed
             | R::TokenExpired
             | R::TokenNotYetValid
             | R::TokenKeyUnknown
             | R::TokenInvalid
-            | R::InvalidCredentials => Code::Unauthenticated,
+            | R::InvalidCredentials
+            | R::AccountDeleted => Code::Unauthenticated,
             R::TokenKeysUnavailable | R::DependencyUnavailable => Code::Unavailable,
             R::EmailAlreadyRegistered | R::AlreadyLiked => Code::AlreadyExists,
             R::UserNotFound | R::PostNotFound | R::NotLiked => Code::NotFound,
