@@ -1,7 +1,7 @@
 //! Agora's gRPC contracts: the code generated from `agora/**/*.proto` for clients and
 //! servers, the encoded file descriptor set that reflection serves, and the few
-//! facts every side of a contract must agree on: which RPCs exist and who may call
-//! them ([`RPCS`]), the largest page ([`MAX_PAGE_SIZE`]), and how an error names its
+//! facts every side of a contract must agree on: which RPCs exist, who may call
+//! them and which only read ([`RPCS`]), the largest page ([`MAX_PAGE_SIZE`]), and how an error names its
 //! reason ([`errors`]).
 
 /// Users and login (`agora.auth.v1`).
@@ -37,7 +37,8 @@ pub mod errors;
 /// contracts state: a page's owners and like counts are fetched in one batch each.
 pub const MAX_PAGE_SIZE: usize = 100;
 
-/// One RPC of the Agora API, and who may call it where.
+/// One RPC of the Agora API: who may call it, where, and whether repeating it is
+/// harmless.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Rpc {
     /// The fully qualified service name, from the generated code.
@@ -48,21 +49,55 @@ pub struct Rpc {
     /// Whether the gateway serves it. The others are internal: services call them
     /// on each other, and the gateway answers them UNIMPLEMENTED.
     pub public: bool,
+    /// Whether it only reads, so that a call whose answer was lost can be sent
+    /// again without changing anything.
+    pub read_only: bool,
 }
 
 impl Rpc {
+    /// An internal method that needs a token and may write: the safe defaults,
+    /// which the other constructors relax.
+    const fn new(service: &'static str, method: &'static str) -> Self {
+        Self {
+            service,
+            method,
+            needs_token: true,
+            public: false,
+            read_only: false,
+        }
+    }
+
+    const fn public(self) -> Self {
+        Self {
+            public: true,
+            ..self
+        }
+    }
+
+    const fn without_token(self) -> Self {
+        Self {
+            needs_token: false,
+            ..self
+        }
+    }
+
+    const fn read_only(self) -> Self {
+        Self {
+            read_only: true,
+            ..self
+        }
+    }
+
     /// The HTTP/2 path of the RPC, `/package.Service/Method`.
     pub fn path(&self) -> String {
         format!("/{}/{}", self.service, self.method)
     }
-}
 
-const fn rpc(service: &'static str, method: &'static str, needs_token: bool, public: bool) -> Rpc {
-    Rpc {
-        service,
-        method,
-        needs_token,
-        public,
+    /// The RPC served at `path`, if it is one of Agora's.
+    pub fn at(path: &str) -> Option<&'static Rpc> {
+        let (service, method) = path.strip_prefix('/')?.split_once('/')?;
+        RPCS.iter()
+            .find(|rpc| rpc.service == service && rpc.method == method)
     }
 }
 
@@ -71,22 +106,23 @@ const AUTH: &str = auth::v1::auth_service_server::SERVICE_NAME;
 const POSTS: &str = posts::v1::post_service_server::SERVICE_NAME;
 const VOTES: &str = votes::v1::vote_service_server::SERVICE_NAME;
 
-/// Every Agora RPC, once. The servers' token checks and the gateway's routes are
-/// derived from this list; a test holds it equal to the descriptors.
+/// Every Agora RPC, once. The servers' token checks, the gateway's routes and
+/// which calls may be retried are derived from this list; a test holds it equal
+/// to the descriptors.
 pub const RPCS: &[Rpc] = &[
-    rpc(USERS, "CreateUser", false, true),
-    rpc(USERS, "GetUser", true, true),
-    rpc(USERS, "BatchGetUsers", true, false),
-    rpc(AUTH, "Login", false, true),
-    rpc(AUTH, "VerifyToken", false, false),
-    rpc(AUTH, "GetJwks", false, false),
-    rpc(POSTS, "CreatePost", true, true),
-    rpc(POSTS, "GetPost", true, true),
-    rpc(POSTS, "ListPosts", true, true),
-    rpc(POSTS, "UpdatePost", true, true),
-    rpc(POSTS, "DeletePost", true, true),
-    rpc(VOTES, "Vote", true, true),
-    rpc(VOTES, "CountVotes", true, false),
+    Rpc::new(USERS, "CreateUser").public().without_token(),
+    Rpc::new(USERS, "GetUser").public().read_only(),
+    Rpc::new(USERS, "BatchGetUsers").read_only(),
+    Rpc::new(AUTH, "Login").public().without_token(),
+    Rpc::new(AUTH, "VerifyToken").without_token().read_only(),
+    Rpc::new(AUTH, "GetJwks").without_token().read_only(),
+    Rpc::new(POSTS, "CreatePost").public(),
+    Rpc::new(POSTS, "GetPost").public().read_only(),
+    Rpc::new(POSTS, "ListPosts").public().read_only(),
+    Rpc::new(POSTS, "UpdatePost").public(),
+    Rpc::new(POSTS, "DeletePost").public(),
+    Rpc::new(VOTES, "Vote").public(),
+    Rpc::new(VOTES, "CountVotes").read_only(),
 ];
 
 /// Every Agora message and service, encoded as a `FileDescriptorSet`, for
@@ -122,5 +158,10 @@ mod tests {
         let unique: BTreeSet<String> = listed.iter().cloned().collect();
         assert_eq!(unique.len(), listed.len(), "an RPC is listed twice");
         assert_eq!(unique, declared);
+        for rpc in RPCS {
+            assert_eq!(Rpc::at(&rpc.path()), Some(rpc));
+        }
+        assert_eq!(Rpc::at("/agora.posts.v1.PostService/Nope"), None);
+        assert_eq!(Rpc::at("nonsense"), None);
     }
 }

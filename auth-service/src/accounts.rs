@@ -1,10 +1,11 @@
-//! What auth-service does: register, log in, look users up.
+//! What auth-service does: register, log in, look users up, and forget request
+//! ids once they expire.
 
 use std::{collections::HashMap, sync::Arc};
 
 use agora_proto::errors::ErrorReason;
 use service_kit::{ApiError, error::both, fields::distinct};
-use sqlx::PgPool;
+use sqlx::{Connection as _, PgPool};
 use uuid::Uuid;
 
 use crate::{
@@ -30,17 +31,69 @@ pub struct Accounts {
 }
 
 impl Accounts {
-    pub async fn register(&self, email: &str, password: String) -> Result<User, ApiError> {
+    /// Registers a user. With a `request_id`, only once (AIP-155): a retry within
+    /// [`service_kit::request_ids::LIFETIME`] with the same email (in any letter case) and
+    /// password answers the user the first request registered; the same id with
+    /// another email or password is REQUEST_ID_REUSED.
+    pub async fn register(
+        &self,
+        email: &str,
+        password: String,
+        request_id: Option<Uuid>,
+    ) -> Result<User, ApiError> {
         // Validate every field before the costly hash.
         let (email, ()) = both(
             Email::parse("email", email),
             users::check_password("password", &password, MIN_PASSWORD_CHARS),
         )?;
-        let password_hash = self.passwords.hash(password).await?;
-        let mut conn = self.pool.acquire().await?;
-        let user = users::insert(&mut conn, Uuid::now_v7(), &email, &password_hash).await?;
+        let user = match request_id {
+            None => {
+                let password_hash = self.passwords.hash(password).await?;
+                let mut conn = self.pool.acquire().await?;
+                users::insert(&mut conn, Uuid::now_v7(), &email, &password_hash).await?
+            }
+            Some(request_id) => self.register_once(request_id, &email, password).await?,
+        };
         tracing::Span::current().record("user_id", tracing::field::display(user.id));
         Ok(user)
+    }
+
+    async fn register_once(
+        &self,
+        request_id: Uuid,
+        email: &Email,
+        password: String,
+    ) -> Result<User, ApiError> {
+        // Hashed before the transaction, which then holds its locks only briefly.
+        let password_hash = self.passwords.hash(password.clone()).await?;
+        let earlier = {
+            let mut conn = self.pool.acquire().await?;
+            // The request row comes first, so that a concurrent retry waits on its
+            // key until this transaction ends instead of failing on the email.
+            let mut tx = conn.begin().await?;
+            let id = Uuid::now_v7();
+            if users::claim_request(&mut tx, request_id, id).await? {
+                let user = users::insert(&mut tx, id, email, &password_hash).await?;
+                tx.commit().await?;
+                return Ok(user);
+            }
+            let earlier = users::registered_by_request(&mut tx, request_id, email).await?;
+            tx.rollback().await?;
+            earlier
+        };
+        // Checked against the stored hash, with the connection handed back.
+        let same_request = earlier.same_email
+            && self
+                .passwords
+                .verify(password, Some(earlier.password_hash))
+                .await?;
+        if !same_request {
+            return Err(ApiError::refused(
+                ErrorReason::RequestIdReused,
+                "this request_id was used for a different request",
+            ));
+        }
+        Ok(earlier.user)
     }
 
     pub async fn login(&self, email: &str, password: String) -> Result<IssuedToken, ApiError> {

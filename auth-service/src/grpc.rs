@@ -30,8 +30,8 @@ impl UserService for UserApi {
             password,
             request_id,
         } = request.into_inner();
-        parse_request_id("request_id", &request_id)?;
-        let user = self.accounts.register(&email, password).await?;
+        let request_id = parse_request_id("request_id", &request_id)?;
+        let user = self.accounts.register(&email, password, request_id).await?;
         Ok(Response::new(proto::CreateUserResponse {
             user: Some(user.into()),
         }))

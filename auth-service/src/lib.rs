@@ -20,11 +20,13 @@ use access_token::{StaticKeys, TokenVerifier};
 use agora_proto::auth::v1::{
     auth_service_server::AuthServiceServer, user_service_server::UserServiceServer,
 };
-use service_kit::{CommonArgs, ServedApi, ServiceConfig, StartupError};
+use service_kit::{CommonArgs, ServedApi, ServiceConfig, StartupError, request_ids};
 use sqlx::PgPool;
 use tonic::{server::NamedService, service::Routes};
 
 pub use config::{AuthSettings, Config};
+/// For tests: what the periodic purge started by `served_api` does each round.
+pub use users::purge_expired_request_ids;
 
 impl ServiceConfig for Config {
     const NAME: &'static str = "auth-service";
@@ -73,6 +75,10 @@ impl ServiceConfig for Config {
             verifier: verifier.clone(),
         })
         .max_decoding_message_size(max_message_bytes);
+        tokio::spawn(request_ids::purge_periodically(
+            pool.clone(),
+            |pool| async move { users::purge_expired_request_ids(&mut *pool.acquire().await?).await },
+        ));
         Ok(ServedApi::new(
             vec![
                 <UserServiceServer<grpc::UserApi> as NamedService>::NAME,

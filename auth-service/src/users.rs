@@ -1,9 +1,14 @@
 //! Registered users: what makes a valid registration, and their rows in
-//! `auth.users`.
+//! `auth.users`; the request ids that make a registration happen once, in
+//! `auth.create_user_requests`.
 
 use agora_proto::{auth::v1 as proto, errors::ErrorReason};
 use email_address::EmailAddress;
-use service_kit::{ApiError, ConstraintExt, fields::TextRule, fields::timestamp};
+use service_kit::{
+    ApiError, ConstraintExt,
+    fields::{TextRule, timestamp},
+    request_ids,
+};
 use sqlx::PgConnection;
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -116,6 +121,80 @@ pub async fn insert(
             "a user with this email already exists",
         ))
     })
+}
+
+/// Records that `request_id` registers the user `user_id`, unless the id was
+/// used within [`request_ids::LIFETIME`]: false then. Either way the request row
+/// stays locked until the transaction ends, so it cannot vanish before
+/// [`registered_by_request`] reads it. The user must be inserted in the same
+/// transaction: the foreign key is checked at commit.
+pub async fn claim_request(
+    conn: &mut PgConnection,
+    request_id: Uuid,
+    user_id: Uuid,
+) -> Result<bool, ApiError> {
+    // An expired id is taken over here, not only by the purge, so it lives
+    // exactly its lifetime.
+    let claimed = sqlx::query_scalar!(
+        "insert into auth.create_user_requests as earlier (request_id, user_id) values ($1, $2)
+         on conflict (request_id) do update
+            set user_id = excluded.user_id, create_time = excluded.create_time
+          where earlier.create_time < now() - make_interval(secs => $3)
+         returning user_id",
+        request_id,
+        user_id,
+        request_ids::LIFETIME.as_secs_f64()
+    )
+    .fetch_optional(conn)
+    .await?;
+    Ok(claimed.is_some())
+}
+
+/// The user an earlier request with this id registered.
+pub struct EarlierRegistration {
+    pub user: User,
+    pub password_hash: String,
+    /// Whether its email is `email`, in any letter case.
+    pub same_email: bool,
+}
+
+/// The user an earlier request with `request_id` registered, which
+/// [`claim_request`] found and locked.
+pub async fn registered_by_request(
+    conn: &mut PgConnection,
+    request_id: Uuid,
+    email: &Email,
+) -> Result<EarlierRegistration, ApiError> {
+    let row = sqlx::query!(
+        r#"select u.id, u.email, u.create_time, u.password_hash,
+                  lower(u.email) = lower($2) as "same_email!"
+             from auth.create_user_requests r join auth.users u on u.id = r.user_id
+            where r.request_id = $1"#,
+        request_id,
+        email.as_str()
+    )
+    .fetch_one(conn)
+    .await?;
+    Ok(EarlierRegistration {
+        user: User {
+            id: row.id,
+            email: row.email,
+            create_time: row.create_time,
+        },
+        password_hash: row.password_hash,
+        same_email: row.same_email,
+    })
+}
+
+/// Deletes the request ids older than [`request_ids::LIFETIME`]; how many.
+pub async fn purge_expired_request_ids(conn: &mut PgConnection) -> Result<u64, ApiError> {
+    let purged = sqlx::query!(
+        "delete from auth.create_user_requests where create_time < now() - make_interval(secs => $1)",
+        request_ids::LIFETIME.as_secs_f64()
+    )
+    .execute(conn)
+    .await?;
+    Ok(purged.rows_affected())
 }
 
 /// The id and password hash of the user with this email, in any letter case.

@@ -17,7 +17,9 @@ pub struct Config {
     /// Address to serve the HTTP/JSON API on.
     #[arg(long, env = "GATEWAY_HTTP_ADDR", default_value = "127.0.0.1:8080")]
     pub http_listen: SocketAddr,
-    /// auth-service; give all three upstream URLs or none.
+    /// auth-service; give all three upstream URLs or none. Each takes a URL, a
+    /// comma-separated list of them (replicas), or a URL whose host is a DNS name,
+    /// every address of which is a replica (looked up again every few seconds).
     #[arg(long, env = "AUTH_SERVICE_URL", requires_all = ["posts_service_url", "votes_service_url"])]
     pub auth_service_url: Option<String>,
     /// posts-service; give all three upstream URLs or none.

@@ -16,14 +16,14 @@ use access_token::{PublicMethods, RequireTokenLayer, TokenVerifier};
 use agora_proto::{RPCS, Rpc, errors::ErrorReason};
 use http::{HeaderName, HeaderValue};
 use prost_types::FileDescriptorSet;
+use service_kit::retry::jitter;
 use service_kit::{
-    ServerLimits, configured_server, health::HealthFollower, incoming, rpc_trace_layer,
-    with_reflection,
+    RpcLogLayer, ServerLimits, client::Upstream, configured_server, health::HealthFollower,
+    incoming, with_reflection,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tonic::{service::Routes, transport::Channel};
-use tonic_health::pb::{HealthCheckRequest, health_check_response, health_client::HealthClient};
+use tonic::{Status, service::Routes, transport::Channel};
 use tower::{Service, ServiceExt, limit::GlobalConcurrencyLimitLayer};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -92,19 +92,11 @@ impl Edge {
                 .filter(|(_, o)| *o == owner)
                 .map(|(name, _)| *name)
                 .collect();
-            let client = HealthClient::new(self.upstreams.channel(owner));
+            // SERVING while at least one replica's own health says so.
+            let upstream = self.upstreams.upstream(owner).clone();
             let probe = move || {
-                let mut client = client.clone();
-                async move {
-                    let answer = client
-                        .check(HealthCheckRequest {
-                            service: String::new(),
-                        })
-                        .await;
-                    answer.is_ok_and(|answer| {
-                        answer.get_ref().status() == health_check_response::ServingStatus::Serving
-                    })
-                }
+                let upstream = upstream.clone();
+                async move { upstream.any_replica_serving().await }
             };
             followers.push(
                 HealthFollower::new(owner.name(), reporter.clone(), names, probe)
@@ -117,8 +109,10 @@ impl Edge {
         for rpc in public_rpcs() {
             let owner = Owner::of(rpc);
             let forward = Forward {
-                channel: self.upstreams.channel(owner),
+                channel: self.upstreams.upstream(owner).channel(),
                 upstream: owner.name(),
+                read_only: rpc.read_only,
+                max_message_bytes: self.limits.max_message_bytes,
             };
             router = router.route_service(&rpc.path(), forward);
         }
@@ -138,7 +132,7 @@ impl Edge {
             .accept_http1(true)
             .layer(cors(&self.cors_allowed_origins))
             .layer(tonic_web::GrpcWebLayer::new())
-            .layer(rpc_trace_layer())
+            .layer(RpcLogLayer::new(self.limits.request_timeout()))
             .layer(GlobalConcurrencyLimitLayer::new(
                 self.limits.concurrency_limit,
             ))
@@ -162,11 +156,11 @@ impl Owner {
 }
 
 impl Upstreams {
-    fn channel(&self, owner: Owner) -> Channel {
+    fn upstream(&self, owner: Owner) -> &Upstream {
         match owner {
-            Owner::Auth => self.auth.clone(),
-            Owner::Posts => self.posts.clone(),
-            Owner::Votes => self.votes.clone(),
+            Owner::Auth => &self.auth,
+            Owner::Posts => &self.posts,
+            Owner::Votes => &self.votes,
         }
     }
 }
@@ -220,10 +214,15 @@ fn cors(allowed_origins: &[String]) -> CorsLayer {
 }
 
 /// Sends a call on to its upstream as it came, and the answer back as it comes.
+/// A read whose upstream never answered (a broken connection, a replica that went
+/// away) is sent once more, after a short random pause; a write never is.
 #[derive(Clone)]
 struct Forward {
     channel: Channel,
     upstream: &'static str,
+    read_only: bool,
+    /// The largest request a read is held in memory for, to be sent again.
+    max_message_bytes: usize,
 }
 
 impl Service<http::Request<axum::body::Body>> for Forward {
@@ -237,27 +236,76 @@ impl Service<http::Request<axum::body::Body>> for Forward {
     }
 
     fn call(&mut self, request: http::Request<axum::body::Body>) -> Self::Future {
-        let channel = self.channel.clone();
-        let upstream = self.upstream;
+        let forward = self.clone();
         Box::pin(async move {
+            if forward.read_only {
+                return Ok(forward.send_read(request).await);
+            }
             let request = request.map(tonic::body::Body::new);
-            Ok(channel.oneshot(request).await.unwrap_or_else(|error| {
-                tracing::warn!(upstream, %error, "upstream call failed");
-                let (reason, message) = if is_timeout(&error) {
-                    (ErrorReason::DependencyTimeout, "did not answer in time")
-                } else {
-                    (ErrorReason::DependencyUnavailable, "unavailable, try again")
-                };
-                let metadata = [("dependency", upstream)];
-                reason
-                    .status(
-                        format!("{upstream} {message}"),
-                        &metadata,
-                        Default::default(),
-                    )
-                    .into_http()
-            }))
+            let outcome = forward.channel.clone().oneshot(request).await;
+            Ok(outcome.unwrap_or_else(|error| forward.unanswered(&error)))
         })
+    }
+}
+
+impl Forward {
+    /// Sends a read, and once more if the upstream never answered.
+    async fn send_read(
+        &self,
+        request: http::Request<axum::body::Body>,
+    ) -> http::Response<tonic::body::Body> {
+        let (parts, body) = request.into_parts();
+        // One gRPC message and its 5-byte frame header, as the upstream would take.
+        let body = match axum::body::to_bytes(body, self.max_message_bytes + 5).await {
+            Ok(body) => body,
+            Err(error) => {
+                tracing::debug!(%error, "cannot read the request");
+                return Status::out_of_range("the request is too large or was cut off").into_http();
+            }
+        };
+        let copy = || {
+            let mut request = http::Request::new(tonic::body::Body::new(
+                http_body_util::Full::new(body.clone()),
+            ));
+            *request.method_mut() = parts.method.clone();
+            *request.uri_mut() = parts.uri.clone();
+            *request.version_mut() = parts.version;
+            *request.headers_mut() = parts.headers.clone();
+            request
+        };
+        let outcome = match self.channel.clone().oneshot(copy()).await {
+            Err(error) if !is_timeout(&error) => {
+                tracing::info!(upstream = self.upstream, %error, "upstream did not answer a read; sending it once more");
+                tokio::time::sleep(jitter(Duration::from_millis(10), Duration::from_millis(50)))
+                    .await;
+                self.channel.clone().oneshot(copy()).await
+            }
+            outcome => outcome,
+        };
+        outcome.unwrap_or_else(|error| self.unanswered(&error))
+    }
+
+    /// The answer to a call the upstream never answered.
+    fn unanswered(
+        &self,
+        error: &(dyn std::error::Error + 'static),
+    ) -> http::Response<tonic::body::Body> {
+        let upstream = self.upstream;
+        tracing::warn!(upstream, %error, "upstream call failed");
+        let (reason, message) = if is_timeout(error) {
+            (ErrorReason::DependencyTimeout, "did not answer in time")
+        } else {
+            (ErrorReason::DependencyUnavailable, "unavailable, try again")
+        };
+        let metadata = [("dependency", upstream)];
+        let retry = service_kit::error::RETRY_UNAVAILABLE_AFTER;
+        reason
+            .status(
+                format!("{upstream} {message}"),
+                &metadata,
+                tonic_types::ErrorDetails::with_retry_info(Some(retry)),
+            )
+            .into_http()
     }
 }
 

@@ -1,13 +1,16 @@
-//! The services behind the gateway: one reused HTTP/2 channel to each.
+//! The services behind the gateway: one reused HTTP/2 channel to each, spread over
+//! its replicas.
 
 use agora_proto::{
     auth::v1::{auth_service_client::AuthServiceClient, user_service_client::UserServiceClient},
     posts::v1::post_service_client::PostServiceClient,
     votes::v1::vote_service_client::VoteServiceClient,
 };
+use service_kit::client::{AddressError, Upstream};
 use tonic::transport::Channel;
 
-/// Where each upstream service listens.
+/// Where each upstream service listens: each a URL, a comma-separated list of
+/// them, or a URL whose host is a DNS name (see `service_kit::client`).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrls {
     pub auth: String,
@@ -15,53 +18,49 @@ pub struct UpstreamUrls {
     pub votes: String,
 }
 
-/// A channel to each upstream. Channels connect lazily, reconnect by themselves and
-/// multiplex every call; cloning one is cheap and shares the connection.
+/// Each upstream's replicas behind one channel. Channels connect lazily, reconnect
+/// by themselves, multiplex every call and send none to a replica that is down;
+/// cloning one is cheap and shares the connections.
 #[derive(Clone)]
 pub struct Upstreams {
-    pub auth: Channel,
-    pub posts: Channel,
-    pub votes: Channel,
+    pub auth: Upstream,
+    pub posts: Upstream,
+    pub votes: Upstream,
 }
 
 impl Upstreams {
     pub fn connect(urls: &UpstreamUrls) -> Result<Self, UpstreamError> {
-        let channel = |service: &'static str, url: &str| {
-            service_kit::client::lazy_channel(url).map_err(|source| UpstreamError {
-                service,
-                url: url.to_owned(),
-                source,
-            })
+        let upstream = |service: &'static str, url: &str| {
+            service_kit::client::upstream(url).map_err(|source| UpstreamError { service, source })
         };
         Ok(Self {
-            auth: channel("auth-service", &urls.auth)?,
-            posts: channel("posts-service", &urls.posts)?,
-            votes: channel("votes-service", &urls.votes)?,
+            auth: upstream("auth-service", &urls.auth)?,
+            posts: upstream("posts-service", &urls.posts)?,
+            votes: upstream("votes-service", &urls.votes)?,
         })
     }
 
     pub fn users(&self) -> UserServiceClient<Channel> {
-        UserServiceClient::new(self.auth.clone())
+        UserServiceClient::new(self.auth.channel())
     }
 
     pub fn auth(&self) -> AuthServiceClient<Channel> {
-        AuthServiceClient::new(self.auth.clone())
+        AuthServiceClient::new(self.auth.channel())
     }
 
     pub fn posts(&self) -> PostServiceClient<Channel> {
-        PostServiceClient::new(self.posts.clone())
+        PostServiceClient::new(self.posts.channel())
     }
 
     pub fn votes(&self) -> VoteServiceClient<Channel> {
-        VoteServiceClient::new(self.votes.clone())
+        VoteServiceClient::new(self.votes.channel())
     }
 }
 
-/// An upstream URL that cannot be used.
+/// An upstream setting that cannot be used.
 #[derive(Debug, thiserror::Error)]
-#[error("{service} URL {url:?} is not usable: {source}")]
+#[error("{service}: {source}")]
 pub struct UpstreamError {
     service: &'static str,
-    url: String,
-    source: tonic::transport::Error,
+    source: AddressError,
 }

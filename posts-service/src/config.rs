@@ -11,8 +11,9 @@ pub struct Config {
     /// Address to serve gRPC on.
     #[arg(long, env = "POSTS_LISTEN_ADDR", default_value = "127.0.0.1:50053")]
     pub listen: SocketAddr,
-    /// votes-service, asked for like counts. (auth-service, asked for owners, is
-    /// `AUTH_SERVICE_URL`.)
+    /// votes-service, asked for like counts: a URL, a comma-separated list of them
+    /// (replicas), or a URL whose host is a DNS name, every address of which is a
+    /// replica. (auth-service, asked for owners, is `AUTH_SERVICE_URL`, alike.)
     #[arg(
         long,
         env = "VOTES_SERVICE_URL",

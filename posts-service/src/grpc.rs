@@ -5,6 +5,7 @@ use access_token::caller;
 use agora_proto::posts::v1::{self as proto, post_service_server::PostService};
 use service_kit::{
     ApiError,
+    deadline::Deadline,
     fields::{parse_id, parse_request_id},
 };
 use sqlx::{PgPool, Postgres, pool::PoolConnection};
@@ -12,7 +13,7 @@ use tonic::{Request, Response, Status, metadata::AsciiMetadataValue};
 
 use crate::{
     listing::{self, Query},
-    neighbours::Neighbours,
+    neighbours::{Caller, Neighbours},
     posts::{self, Changes, NewPost, parse_etag},
 };
 
@@ -38,6 +39,17 @@ fn authorization<T>(request: &Request<T>) -> Result<AsciiMetadataValue, Status> 
         .ok_or_else(|| access_token::TokenError::Missing.into())
 }
 
+/// What the neighbours are told of the call: the caller's token and deadline.
+fn neighbour_caller<'a, T>(
+    request: &Request<T>,
+    authorization: &'a AsciiMetadataValue,
+) -> Caller<'a> {
+    Caller {
+        authorization,
+        deadline: Deadline::of(request.metadata()),
+    }
+}
+
 /// The request's `post`, which every method that takes one requires.
 fn required_post(post: Option<proto::Post>) -> Result<proto::Post, ApiError> {
     post.ok_or_else(|| ApiError::invalid("post", "required"))
@@ -55,14 +67,21 @@ impl PostService for PostApi {
         request: Request<proto::CreatePostRequest>,
     ) -> Result<Response<proto::CreatePostResponse>, Status> {
         let (caller, authorization) = (caller(&request)?, authorization(&request)?);
+        let neighbour = neighbour_caller(&request, &authorization);
         record("user_id", caller.user_id);
         let request = request.into_inner();
         let post = required_post(request.post)?;
-        parse_request_id("request_id", &request.request_id)?;
+        let request_id = parse_request_id("request_id", &request.request_id)?;
         let new = NewPost::parse(&post.title, &post.content, post.published)?;
-        let row = posts::insert(&mut *self.connection().await?, caller.user_id, &new).await?;
+        let row = posts::create(
+            &mut *self.connection().await?,
+            caller.user_id,
+            &new,
+            request_id,
+        )
+        .await?;
         record("post_id", row.id);
-        let post = self.neighbours.describe_one(row, &authorization).await?;
+        let post = self.neighbours.describe_one(row, &neighbour).await;
         Ok(Response::new(proto::CreatePostResponse {
             post: Some(post),
         }))
@@ -74,11 +93,12 @@ impl PostService for PostApi {
         request: Request<proto::GetPostRequest>,
     ) -> Result<Response<proto::GetPostResponse>, Status> {
         let (caller, authorization) = (caller(&request)?, authorization(&request)?);
+        let neighbour = neighbour_caller(&request, &authorization);
         record("user_id", caller.user_id);
         let id = parse_id("id", &request.get_ref().id)?;
         record("post_id", id);
         let row = posts::get(&mut *self.connection().await?, id, caller.user_id).await?;
-        let post = self.neighbours.describe_one(row, &authorization).await?;
+        let post = self.neighbours.describe_one(row, &neighbour).await;
         Ok(Response::new(proto::GetPostResponse { post: Some(post) }))
     }
 
@@ -88,12 +108,13 @@ impl PostService for PostApi {
         request: Request<proto::ListPostsRequest>,
     ) -> Result<Response<proto::ListPostsResponse>, Status> {
         let (caller, authorization) = (caller(&request)?, authorization(&request)?);
+        let neighbour = neighbour_caller(&request, &authorization);
         record("user_id", caller.user_id);
         let r = request.get_ref();
         let query = Query::parse(r.page_size, &r.page_token, r.skip, &r.search, &r.owner_id)?;
         let page = listing::list(&mut *self.connection().await?, caller.user_id, &query).await?;
         record("posts", page.posts.len());
-        let posts = self.neighbours.describe(page.posts, &authorization).await?;
+        let posts = self.neighbours.describe(page.posts, &neighbour).await;
         Ok(Response::new(proto::ListPostsResponse {
             posts,
             next_page_token: page.next_page_token,
@@ -106,6 +127,7 @@ impl PostService for PostApi {
         request: Request<proto::UpdatePostRequest>,
     ) -> Result<Response<proto::UpdatePostResponse>, Status> {
         let (caller, authorization) = (caller(&request)?, authorization(&request)?);
+        let neighbour = neighbour_caller(&request, &authorization);
         record("user_id", caller.user_id);
         let request = request.into_inner();
         let post = required_post(request.post)?;
@@ -125,7 +147,7 @@ impl PostService for PostApi {
             &changes,
         )
         .await?;
-        let post = self.neighbours.describe_one(row, &authorization).await?;
+        let post = self.neighbours.describe_one(row, &neighbour).await;
         Ok(Response::new(proto::UpdatePostResponse {
             post: Some(post),
         }))

@@ -20,11 +20,15 @@ use agora_proto::{
     posts::v1::post_service_server::PostServiceServer,
     votes::v1::vote_service_client::VoteServiceClient,
 };
-use service_kit::{CommonArgs, ServedApi, ServiceConfig, StartupError, client::lazy_channel};
+use service_kit::{
+    CommonArgs, ServedApi, ServiceConfig, StartupError, client::upstream, request_ids,
+};
 use sqlx::PgPool;
 use tonic::{server::NamedService, service::Routes};
 
 pub use config::Config;
+/// For tests: what the periodic purge started by `served_api` does each round.
+pub use posts::purge_expired_request_ids;
 
 impl ServiceConfig for Config {
     const NAME: &'static str = "posts-service";
@@ -37,9 +41,9 @@ impl ServiceConfig for Config {
     async fn served_api(&self, pool: PgPool) -> Result<ServedApi, StartupError> {
         let verifier = Arc::new(self.token_keys.verifier()?);
         let channel = |what: &str, url: &str| {
-            lazy_channel(url).map_err(|error| {
-                StartupError::Config(format!("{what} is not a usable URL: {error}"))
-            })
+            upstream(url)
+                .map(|replicas| replicas.channel())
+                .map_err(|error| StartupError::Config(format!("{what}: {error}")))
         };
         let neighbours = neighbours::Neighbours {
             users: UserServiceClient::new(channel(
@@ -47,12 +51,17 @@ impl ServiceConfig for Config {
                 &self.token_keys.auth_service_url,
             )?),
             votes: VoteServiceClient::new(channel("VOTES_SERVICE_URL", &self.votes_service_url)?),
+            owners: Default::default(),
         };
         let posts = PostServiceServer::new(grpc::PostApi {
             pool: pool.clone(),
             neighbours,
         })
         .max_decoding_message_size(self.common.limits.max_message_bytes);
+        tokio::spawn(request_ids::purge_periodically(
+            pool.clone(),
+            |pool| async move { posts::purge_expired_request_ids(&mut *pool.acquire().await?).await },
+        ));
         Ok(ServedApi::new(
             vec![<PostServiceServer<grpc::PostApi> as NamedService>::NAME],
             Routes::new(posts),

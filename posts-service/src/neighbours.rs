@@ -1,7 +1,16 @@
 //! Owners and like counts, from auth-service and votes-service: one batched call to
 //! each per request, issued together, whatever the number of posts.
+//!
+//! A neighbour that fails costs only what it would have added: the posts come
+//! back without like counts, or without owners (except those remembered from
+//! earlier answers), and those fields are absent, never made up. Each call gets
+//! what is left of the caller's deadline and is retried once, after a short
+//! random pause, when the neighbour was unavailable: both are reads.
 
-use std::collections::HashMap;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use agora_proto::{
     auth::v1::{BatchGetUsersRequest, UserProfile, user_service_client::UserServiceClient},
@@ -9,81 +18,67 @@ use agora_proto::{
     votes::v1::{CountVotesRequest, PostVotes, vote_service_client::VoteServiceClient},
 };
 use service_kit::{
-    ApiError,
+    deadline::Deadline,
     fields::{distinct, timestamp},
+    retry::read_once_more_if_unavailable,
 };
-use tonic::{Code, Request, Status, metadata::AsciiMetadataValue, transport::Channel};
+use tonic::{Request, Response, Status, metadata::AsciiMetadataValue, transport::Channel};
 use uuid::Uuid;
 
 use crate::posts::PostRow;
+
+/// Owner profiles remembered, at most: enough for every author a busy instance
+/// shows, small enough (about 100 bytes each) to never matter.
+const MAX_REMEMBERED_OWNERS: usize = 10_000;
 
 /// The services posts-service asks about each page.
 #[derive(Clone)]
 pub struct Neighbours {
     pub users: UserServiceClient<Channel>,
     pub votes: VoteServiceClient<Channel>,
+    /// Profiles of owners seen lately. A profile (id and registration time) never
+    /// changes, and a deleted user's posts go with them, so a remembered profile
+    /// is never wrong: it stands in when auth-service cannot answer.
+    pub owners: Arc<Mutex<HashMap<String, UserProfile>>>,
+}
+
+/// Who is asking and by when: what every call to a neighbour carries on.
+pub struct Caller<'a> {
+    /// The caller's own token, passed on: the neighbours check it themselves, and
+    /// likes are the caller's.
+    pub authorization: &'a AsciiMetadataValue,
+    pub deadline: Deadline,
 }
 
 impl Neighbours {
-    /// The posts as readers see them. `authorization` is the caller's own token,
-    /// passed on: the neighbours check it themselves, and likes are the caller's.
-    pub async fn describe(
-        &self,
-        rows: Vec<PostRow>,
-        authorization: &AsciiMetadataValue,
-    ) -> Result<Vec<proto::Post>, ApiError> {
+    /// The posts as readers see them, with whatever the neighbours could tell.
+    pub async fn describe(&self, rows: Vec<PostRow>, caller: &Caller<'_>) -> Vec<proto::Post> {
         if rows.is_empty() {
-            return Ok(Vec::new());
+            return Vec::new();
         }
         let owner_ids: Vec<Uuid> = rows.iter().map(|row| row.owner_id).collect();
-        let owner_ids = distinct(&owner_ids).iter().map(Uuid::to_string).collect();
-        let post_ids = rows.iter().map(|row| row.id.to_string()).collect();
+        let owner_ids: Vec<String> = distinct(&owner_ids).iter().map(Uuid::to_string).collect();
+        let post_ids: Vec<String> = rows.iter().map(|row| row.id.to_string()).collect();
 
-        let mut users = self.users.clone();
-        let mut votes = self.votes.clone();
-        let (owners, counts) = tokio::try_join!(
-            async {
-                // An owner deleted meanwhile must not fail the page.
-                let batch = BatchGetUsersRequest {
-                    ids: owner_ids,
-                    allow_missing: true,
+        let (owners, counts) = tokio::join!(
+            self.owners(owner_ids, caller),
+            read("votes-service", caller, || {
+                let mut votes = self.votes.clone();
+                let request = CountVotesRequest {
+                    post_ids: post_ids.clone(),
                 };
-                let request = with_authorization(batch, authorization);
-                users
-                    .batch_get_users(request)
-                    .await
-                    .map_err(|status| unavailable("auth-service", status))
-            },
-            async {
-                let request = with_authorization(CountVotesRequest { post_ids }, authorization);
-                votes
-                    .count_votes(request)
-                    .await
-                    .map_err(|status| unavailable("votes-service", status))
-            },
-        )?;
-        // Only what anyone may see of a person: never the email.
-        let owners: HashMap<String, UserProfile> = owners
-            .into_inner()
-            .users
-            .into_iter()
-            .map(|user| {
-                let profile = UserProfile {
-                    id: user.id.clone(),
-                    create_time: user.create_time,
-                };
-                (user.id, profile)
-            })
-            .collect();
+                let request = caller.request(request);
+                async move { votes.count_votes(request).await }
+            }),
+        );
         let counts: HashMap<String, PostVotes> = counts
-            .into_inner()
-            .posts
+            .map(|counts| counts.into_inner().posts)
+            .unwrap_or_default()
             .into_iter()
             .map(|votes| (votes.post_id.clone(), votes))
             .collect();
 
-        Ok(rows
-            .into_iter()
+        rows.into_iter()
             .map(|row| {
                 let id = row.id.to_string();
                 let owner_id = row.owner_id.to_string();
@@ -102,38 +97,88 @@ impl Neighbours {
                     update_time: Some(timestamp(row.update_time)),
                 }
             })
-            .collect())
+            .collect()
     }
 
-    pub async fn describe_one(
-        &self,
-        row: PostRow,
-        authorization: &AsciiMetadataValue,
-    ) -> Result<proto::Post, ApiError> {
-        let mut posts = self.describe(vec![row], authorization).await?;
-        Ok(posts.pop().expect("one row gives one post"))
+    pub async fn describe_one(&self, row: PostRow, caller: &Caller<'_>) -> proto::Post {
+        let mut posts = self.describe(vec![row], caller).await;
+        posts.pop().expect("one row gives one post")
+    }
+
+    /// The public profiles of `ids`, from auth-service, or as remembered when it
+    /// cannot answer.
+    async fn owners(&self, ids: Vec<String>, caller: &Caller<'_>) -> HashMap<String, UserProfile> {
+        let answer = read("auth-service", caller, || {
+            let mut users = self.users.clone();
+            // An owner deleted meanwhile must not fail the page.
+            let request = caller.request(BatchGetUsersRequest {
+                ids: ids.clone(),
+                allow_missing: true,
+            });
+            async move { users.batch_get_users(request).await }
+        })
+        .await;
+        let mut remembered = self.owners.lock().expect("owner cache lock poisoned");
+        match answer {
+            Ok(answer) => {
+                if remembered.len() >= MAX_REMEMBERED_OWNERS {
+                    remembered.clear();
+                }
+                // Only what anyone may see of a person: never the email.
+                let profiles: HashMap<String, UserProfile> = answer
+                    .into_inner()
+                    .users
+                    .into_iter()
+                    .map(|user| {
+                        let profile = UserProfile {
+                            id: user.id.clone(),
+                            create_time: user.create_time,
+                        };
+                        (user.id, profile)
+                    })
+                    .collect();
+                remembered.extend(profiles.clone());
+                profiles
+            }
+            Err(_) => ids
+                .iter()
+                .filter_map(|id| Some((id.clone(), remembered.get(id)?.clone())))
+                .collect(),
+        }
     }
 }
 
-fn with_authorization<T>(message: T, authorization: &AsciiMetadataValue) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", authorization.clone());
-    request
+impl Caller<'_> {
+    fn request<T>(&self, message: T) -> Request<T> {
+        let mut request = Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", self.authorization.clone());
+        request.set_timeout(self.deadline.next_hop());
+        request
+    }
 }
 
-/// A neighbour's failure, seen from posts-service's caller.
-fn unavailable(what: &'static str, status: Status) -> ApiError {
-    match status.code() {
-        Code::Unavailable
-        | Code::DeadlineExceeded
-        | Code::Cancelled
-        | Code::ResourceExhausted
-        | Code::Unknown => ApiError::Unavailable {
-            what,
-            source: Box::new(status),
-        },
-        _ => ApiError::internal(status),
+/// A read from a neighbour, tried once more if the neighbour was unavailable. A
+/// failure is logged and returned; the caller leaves out what it would have
+/// added.
+async fn read<T, F, Fut>(
+    neighbour: &'static str,
+    caller: &Caller<'_>,
+    call: F,
+) -> Result<Response<T>, Status>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<Response<T>, Status>>,
+{
+    let outcome = read_once_more_if_unavailable(caller.deadline, call).await;
+    if let Err(status) = &outcome {
+        tracing::warn!(
+            neighbour,
+            code = ?status.code(),
+            error = %status.message(),
+            "neighbour failed; answering without what it adds"
+        );
     }
+    outcome
 }

@@ -3,11 +3,13 @@
 //!
 //! Every read goes through `posts.visible_posts(viewer)`, the SQL function that
 //! states once who may see which post (migration 0004); every change is one
-//! statement whose `where` holds the ownership and etag checks.
+//! statement whose `where` holds the ownership and etag checks. A create with a
+//! request id (AIP-155) happens once: `posts.create_post_requests` remembers the
+//! id for a day.
 
 use agora_proto::errors::ErrorReason;
-use service_kit::{ApiError, error::both, fields::TextRule};
-use sqlx::PgConnection;
+use service_kit::{ApiError, ConstraintExt, error::both, fields::TextRule, request_ids};
+use sqlx::{Connection as _, PgConnection};
 use time::OffsetDateTime;
 use uuid::Uuid;
 
@@ -188,23 +190,140 @@ fn is_output_only(path: &str) -> bool {
     OUTPUT_ONLY.contains(&field)
 }
 
-pub async fn insert(
+/// Creates the post for `owner_id`. With a `request_id`, only once (AIP-155): a
+/// retry within [`request_ids::LIFETIME`] answers the post the first request
+/// created as it is now (POST_NOT_FOUND once deleted), and the same id with
+/// another title, content or `published` is REQUEST_ID_REUSED.
+pub async fn create(
     conn: &mut PgConnection,
     owner_id: Uuid,
     post: &NewPost,
+    request_id: Option<Uuid>,
 ) -> Result<PostRow, ApiError> {
-    Ok(sqlx::query_as!(
+    let id = Uuid::now_v7();
+    let Some(request_id) = request_id else {
+        return insert(conn, id, owner_id, post).await;
+    };
+    // The request row comes first, so that a concurrent retry waits on its key
+    // until this transaction ends, and then finds it.
+    let mut tx = conn.begin().await?;
+    if claim_request(&mut tx, owner_id, request_id, id, post).await? {
+        let row = insert(&mut tx, id, owner_id, post).await?;
+        tx.commit().await?;
+        return Ok(row);
+    }
+    let earlier = find_request(&mut tx, owner_id, request_id, post).await?;
+    tx.rollback().await?;
+    if !earlier.same_request {
+        return Err(ApiError::refused(
+            ErrorReason::RequestIdReused,
+            "this request_id was used for a different request",
+        ));
+    }
+    get(conn, earlier.post_id, owner_id).await
+}
+
+async fn insert(
+    conn: &mut PgConnection,
+    id: Uuid,
+    owner_id: Uuid,
+    post: &NewPost,
+) -> Result<PostRow, ApiError> {
+    sqlx::query_as!(
         PostRow,
         "insert into posts.posts (id, owner_id, title, content, published) values ($1, $2, $3, $4, $5)
          returning id, owner_id, title, content, published, create_time, update_time, revision",
-        Uuid::now_v7(),
+        id,
         owner_id,
         post.title,
         post.content,
         post.published
     )
     .fetch_one(conn)
+    .await
+    .on_constraint(|constraint| {
+        (constraint == "posts_owner_id_fkey").then(ApiError::account_deleted)
+    })
+}
+
+/// Records that `request_id` creates the post `post_id`, unless the owner used
+/// the id within [`request_ids::LIFETIME`]: false then. Either way the request row
+/// stays locked until the transaction ends, so it cannot vanish before
+/// [`find_request`] reads it.
+async fn claim_request(
+    conn: &mut PgConnection,
+    owner_id: Uuid,
+    request_id: Uuid,
+    post_id: Uuid,
+    post: &NewPost,
+) -> Result<bool, ApiError> {
+    // An expired id is taken over here, not only by the purge, so it lives
+    // exactly its lifetime. The digest is the one `find_request` compares.
+    let claimed = sqlx::query_scalar!(
+        "insert into posts.create_post_requests as earlier (owner_id, request_id, post_id, request_hash)
+         values ($1, $2, $3,
+                 sha256(convert_to(jsonb_build_array($4::text, $5::text, $6::boolean)::text, 'UTF8')))
+         on conflict (owner_id, request_id) do update
+            set post_id = excluded.post_id,
+                request_hash = excluded.request_hash,
+                create_time = excluded.create_time
+          where earlier.create_time < now() - make_interval(secs => $7)
+         returning post_id",
+        owner_id,
+        request_id,
+        post_id,
+        post.title,
+        post.content,
+        post.published,
+        request_ids::LIFETIME.as_secs_f64()
+    )
+    .fetch_optional(conn)
+    .await
+    .on_constraint(|constraint| {
+        (constraint == "create_post_requests_owner_id_fkey").then(ApiError::account_deleted)
+    })?;
+    Ok(claimed.is_some())
+}
+
+/// An earlier request with the same id, and whether it asked for the same post.
+struct EarlierRequest {
+    post_id: Uuid,
+    same_request: bool,
+}
+
+async fn find_request(
+    conn: &mut PgConnection,
+    owner_id: Uuid,
+    request_id: Uuid,
+    post: &NewPost,
+) -> Result<EarlierRequest, ApiError> {
+    Ok(sqlx::query_as!(
+        EarlierRequest,
+        r#"select post_id,
+                  request_hash = sha256(convert_to(
+                      jsonb_build_array($3::text, $4::text, $5::boolean)::text, 'UTF8'))
+                      as "same_request!"
+             from posts.create_post_requests
+            where owner_id = $1 and request_id = $2"#,
+        owner_id,
+        request_id,
+        post.title,
+        post.content,
+        post.published
+    )
+    .fetch_one(conn)
     .await?)
+}
+
+/// Deletes the request ids older than [`request_ids::LIFETIME`]; how many.
+pub async fn purge_expired_request_ids(conn: &mut PgConnection) -> Result<u64, ApiError> {
+    let purged = sqlx::query!(
+        "delete from posts.create_post_requests where create_time < now() - make_interval(secs => $1)",
+        request_ids::LIFETIME.as_secs_f64()
+    )
+    .execute(conn)
+    .await?;
+    Ok(purged.rows_affected())
 }
 
 /// The post, if `viewer` may see it.

@@ -9,3 +9,9 @@ async fn health_check_fails_when_nothing_listens() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn a_busy_port_is_reported() {
+    system_tests::process::assert_a_busy_port_is_reported("posts-service", "POSTS_LISTEN_ADDR")
+        .await;
+}

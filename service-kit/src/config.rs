@@ -147,7 +147,10 @@ mod tests {
 /// Where a service that does not sign tokens gets the keys to verify them.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TokenKeysArgs {
-    /// auth-service, asked for its public keys when a token names an unknown one.
+    /// auth-service, asked for its public keys when a token names an unknown one: a
+    /// URL, a comma-separated list of them (replicas), or a URL whose host is a DNS
+    /// name, every address of which is a replica (looked up again every few
+    /// seconds).
     #[arg(
         long,
         env = "AUTH_SERVICE_URL",
@@ -173,9 +176,9 @@ impl TokenKeysArgs {
                 Ok(TokenVerifier::new(StaticKeys(keys)))
             }
             None => {
-                let channel = crate::client::lazy_channel(&self.auth_service_url)
+                let auth = crate::client::upstream(&self.auth_service_url)
                     .map_err(|error| KeyConfigError(format!("AUTH_SERVICE_URL: {error}")))?;
-                Ok(TokenVerifier::new(AuthServiceKeys::new(channel)))
+                Ok(TokenVerifier::new(AuthServiceKeys::new(auth.channel())))
             }
         }
     }

@@ -10,6 +10,10 @@ use agora_proto::errors::ErrorReason;
 use tonic::Status;
 use tonic_types::{ErrorDetails, FieldViolation};
 
+/// When a client may try again after UNAVAILABLE, as `google.rpc.RetryInfo`
+/// says: long enough for a restarting database or service to be back.
+pub const RETRY_UNAVAILABLE_AFTER: Duration = Duration::from_secs(1);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     /// Bad fields, each named by its path with what is wrong; sent as
@@ -50,6 +54,12 @@ impl ApiError {
 
     pub fn refused(reason: ErrorReason, message: &'static str) -> Self {
         Self::Refused { reason, message }
+    }
+
+    /// A genuine token whose user has been deleted since it was issued: what a
+    /// write by it meets (a foreign key to the user) answers.
+    pub fn account_deleted() -> Self {
+        Self::refused(ErrorReason::AccountDeleted, "your account no longer exists")
     }
 
     pub fn internal(error: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
@@ -102,8 +112,11 @@ fn is_outage(error: &sqlx::Error) -> bool {
         sqlx::Error::PoolTimedOut | sqlx::Error::PoolClosed | sqlx::Error::Io(_) => true,
         sqlx::Error::Database(error) => error.code().is_some_and(|code| {
             // 08xxx connection exceptions; 57P01 admin_shutdown, 57P02
-            // crash_shutdown, 57P03 cannot_connect_now.
-            code.starts_with("08") || matches!(&*code, "57P01" | "57P02" | "57P03")
+            // crash_shutdown, 57P03 cannot_connect_now; 57014 a statement
+            // cancelled (by statement_timeout) and 55P03 a lock not granted (by
+            // lock_timeout): a database too busy to answer in time.
+            code.starts_with("08")
+                || matches!(&*code, "57P01" | "57P02" | "57P03" | "57014" | "55P03")
         }),
         _ => false,
     }
@@ -137,7 +150,7 @@ impl From<ApiError> for Status {
                 ErrorReason::DependencyUnavailable.status(
                     format!("{what} unavailable, try again"),
                     &[("dependency", what)],
-                    ErrorDetails::new(),
+                    ErrorDetails::with_retry_info(Some(RETRY_UNAVAILABLE_AFTER)),
                 )
             }
             ApiError::Internal(source) => {
@@ -174,5 +187,36 @@ impl<T> ConstraintExt<T> for Result<T, sqlx::Error> {
             let constraint = error.as_database_error().and_then(|e| e.constraint());
             constraint.and_then(outcome).unwrap_or_else(|| error.into())
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tonic::Code;
+    use tonic_types::StatusExt;
+
+    use super::*;
+
+    #[test]
+    fn an_unreachable_dependency_is_unavailable_named_and_retried_later() {
+        let error = ApiError::from(sqlx::Error::PoolTimedOut);
+        let status = Status::from(error);
+
+        assert_eq!(status.code(), Code::Unavailable);
+        let info = status.get_details_error_info().expect("an ErrorInfo");
+        assert_eq!(info.reason, "DEPENDENCY_UNAVAILABLE");
+        assert_eq!(info.metadata["dependency"], "database");
+        let retry = status.get_details_retry_info().expect("a RetryInfo");
+        assert_eq!(retry.retry_delay, Some(RETRY_UNAVAILABLE_AFTER));
+    }
+
+    #[test]
+    fn a_bug_is_internal_and_says_nothing_of_its_cause() {
+        let status = Status::from(ApiError::from(sqlx::Error::RowNotFound));
+
+        assert_eq!(status.code(), Code::Internal);
+        assert_eq!(status.message(), "internal error");
+        let info = status.get_details_error_info().expect("an ErrorInfo");
+        assert_eq!(info.reason, "INTERNAL");
     }
 }

@@ -3,20 +3,25 @@
 //! health, one tracing span per RPC, database start-up with migrations, and
 //! graceful shutdown.
 
+pub mod calls;
 pub mod client;
 pub mod config;
 pub mod database;
+pub mod deadline;
 pub mod error;
 pub mod fields;
 pub mod health;
+pub mod request_ids;
+pub mod retry;
 pub mod server;
 pub mod service;
 pub mod telemetry;
 
+pub use calls::RpcLogLayer;
 pub use config::{CommonArgs, DatabaseArgs, LogFormat, ServerLimits, TokenKeysArgs};
 pub use error::{ApiError, ConstraintExt};
 pub use server::{
     BindError, GrpcServer, Serve, ServedApi, check_health, configured_server, incoming,
-    rpc_trace_layer, serve_or_check, shutdown_signal, with_grace, with_reflection,
+    serve_or_check, shutdown_signal, with_grace, with_reflection,
 };
 pub use service::{ServiceConfig, StartupError};

@@ -10,19 +10,13 @@ use access_token::{PublicMethods, RequireTokenLayer, TokenVerifier};
 use prost_types::FileDescriptorSet;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
-use tonic::body::Body;
 use tonic::{
     service::Routes,
     transport::{Server, server::TcpIncoming},
 };
 use tower::limit::GlobalConcurrencyLimitLayer;
-use tower_http::{
-    classify::{GrpcErrorsAsFailures, SharedClassifier},
-    trace::{DefaultOnBodyChunk, DefaultOnEos, TraceLayer},
-};
-use tracing::Span;
 
-use crate::{ServerLimits, health::HealthFollower};
+use crate::{RpcLogLayer, ServerLimits, health::HealthFollower};
 
 /// What one server offers: its gRPC services and what they depend on.
 pub struct ServedApi {
@@ -136,7 +130,7 @@ impl GrpcServer {
 
         let serve = |shutdown| {
             configured_server(&limits)
-                .layer(rpc_trace_layer())
+                .layer(RpcLogLayer::new(limits.request_timeout()))
                 .layer(GlobalConcurrencyLimitLayer::new(limits.concurrency_limit))
                 .layer(api.token_layer)
                 .add_routes(routes)
@@ -227,44 +221,6 @@ pub fn configured_server(limits: &ServerLimits) -> Server {
         .max_concurrent_streams(limits.max_concurrent_streams)
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-}
-
-/// The tracing layer of every Agora server: one `rpc` span per call, and one line
-/// when it ends, with the gRPC status code and the latency.
-pub type RpcTraceLayer = TraceLayer<
-    SharedClassifier<GrpcErrorsAsFailures>,
-    fn(&http::Request<Body>) -> Span,
-    (),
-    fn(&http::Response<Body>, Duration, &Span),
-    DefaultOnBodyChunk,
-    DefaultOnEos,
-    (),
->;
-
-pub fn rpc_trace_layer() -> RpcTraceLayer {
-    TraceLayer::new_for_grpc()
-        .make_span_with(rpc_span as fn(&http::Request<Body>) -> Span)
-        .on_request(())
-        .on_response(log_rpc_end as fn(&http::Response<Body>, Duration, &Span))
-        .on_failure(())
-}
-
-fn rpc_span(request: &http::Request<Body>) -> Span {
-    tracing::info_span!("rpc", method = %request.uri().path())
-}
-
-fn log_rpc_end(response: &http::Response<Body>, latency: Duration, _: &Span) {
-    // Errors come back trailers-only, so their status is in the headers.
-    let code = response
-        .headers()
-        .get("grpc-status")
-        .and_then(|value| value.to_str().ok())
-        .unwrap_or("0");
-    tracing::info!(
-        code,
-        latency_ms = latency.as_millis() as u64,
-        "rpc finished"
-    );
 }
 
 /// Completes on SIGINT (Ctrl-C) or SIGTERM (what container runtimes send).

@@ -7,6 +7,7 @@
 use std::{
     path::PathBuf,
     process::{ExitStatus, Stdio},
+    sync::{Arc, Mutex},
     time::Duration,
 };
 
@@ -96,12 +97,45 @@ impl Default for ScratchDatabase {
 pub struct Process {
     pub name: String,
     child: Child,
+    /// Every line it has logged, when started with [`Process::start_keeping_log`].
+    log: Option<Arc<Mutex<Vec<String>>>>,
 }
 
 impl Process {
     /// Starts binary `name` with exactly these environment variables (plus PATH),
     /// and waits until its log says `<log_name> listening`.
     pub async fn start(name: &str, env: &[(&str, String)]) -> Self {
+        Self::start_with(name, env, false).await
+    }
+
+    /// [`Process::start`], keeping every line the binary logs (with `RUST_LOG=info`,
+    /// one per call it serves) for [`Process::log_lines_containing`].
+    pub async fn start_keeping_log(name: &str, env: &[(&str, String)]) -> Self {
+        Self::start_with(name, env, true).await
+    }
+
+    /// How many lines logged so far contain every one of `needles`.
+    pub fn log_lines_containing(&self, needles: &[&str]) -> usize {
+        let log = self
+            .log
+            .as_ref()
+            .expect("started with Process::start_keeping_log");
+        log.lock()
+            .expect("the log is readable")
+            .iter()
+            .filter(|line| needles.iter().all(|needle| line.contains(needle)))
+            .count()
+    }
+
+    async fn start_with(name: &str, env: &[(&str, String)], keep_log: bool) -> Self {
+        let log = keep_log.then(Arc::default);
+        let keep = |line: &str, log: &Option<Arc<Mutex<Vec<String>>>>| {
+            if let Some(log) = log {
+                log.lock()
+                    .expect("the log is writable")
+                    .push(line.to_owned());
+            }
+        };
         let mut child = command(name, env)
             .stdout(Stdio::piped())
             .spawn()
@@ -110,22 +144,43 @@ impl Process {
         let mut lines = BufReader::new(stdout).lines();
         let ready = format!("{name} listening");
         let listening = async {
+            // What it said before it stopped: why it could not start (a port
+            // already taken, say).
+            let mut said = Vec::new();
             while let Some(line) = lines.next_line().await.expect("read the log") {
+                keep(&line, &log);
                 if line.contains(&ready) {
                     return;
                 }
+                said.push(line);
             }
-            panic!("{name} exited before listening");
+            panic!("{name} exited before listening:\n{}", said.join("\n"));
         };
         tokio::time::timeout(STARTUP_TIMEOUT, listening)
             .await
             .unwrap_or_else(|_| panic!("{name} starts in time"));
         // Keep draining the log so the child never blocks on a full pipe.
-        tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+        let kept = log.clone();
+        tokio::spawn(async move {
+            while let Ok(Some(line)) = lines.next_line().await {
+                keep(&line, &kept);
+            }
+        });
         Self {
             name: name.to_owned(),
             child,
+            log,
         }
+    }
+
+    /// Sends SIGKILL, as a crash or an OOM kill would end it, and waits for the
+    /// process to be gone.
+    pub async fn kill(mut self) -> ExitStatus {
+        self.child.start_kill().expect("SIGKILL is sent");
+        tokio::time::timeout(STOP_TIMEOUT, self.child.wait())
+            .await
+            .unwrap_or_else(|_| panic!("{} dies in time", self.name))
+            .expect("wait for the child")
     }
 
     /// Sends SIGTERM and waits for the process to exit.
@@ -223,5 +278,28 @@ pub async fn assert_health_check_fails_when_nothing_listens(binary: &str, listen
     assert!(
         printed.contains(&address),
         "{binary} names the address it asked: {printed}"
+    );
+}
+
+/// A binary told to listen on a port that is taken exits at once, failing, and
+/// says which address and why, instead of serving somewhere else or hanging.
+pub async fn assert_a_busy_port_is_reported(binary: &str, listen_variable: &str) {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").expect("bind a free port");
+    let address = taken.local_addr().expect("a bound address").to_string();
+    let database = ScratchDatabase::new();
+    let (status, printed) = run(
+        binary,
+        &[
+            (listen_variable, address.clone()),
+            ("DATABASE_URL", database.url.clone()),
+        ],
+        &[],
+    )
+    .await;
+    database.drop_now().await;
+    assert!(!status.success(), "{binary} on a taken port: {printed}");
+    assert!(
+        printed.contains(&format!("cannot listen on {address}")) && printed.contains("in use"),
+        "{binary} names the taken address and why: {printed}"
     );
 }

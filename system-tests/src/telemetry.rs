@@ -1,6 +1,6 @@
 //! Counts what a piece of work costs, from the services' own telemetry: the RPCs
-//! they serve (their `rpc` spans) and the SQL statements they run (sqlx's
-//! `sqlx::query` events).
+//! they serve (their `rpc` spans), how those ended (the `code` of their `rpc
+//! finished` lines) and the SQL statements they run (sqlx's `sqlx::query` events).
 //!
 //! The counting layer is part of the global subscriber (installed once per test
 //! binary), and counts into the scope of the current thread. `#[sqlx::test]` runs
@@ -16,10 +16,12 @@ use tracing::{
 };
 use tracing_subscriber::{EnvFilter, Layer, layer::Context, prelude::*, registry::LookupSpan};
 
-/// RPCs served, by method path, and SQL statements run.
+/// RPCs served, by method path; how many ended with each gRPC status code, as
+/// the services log it; and SQL statements run.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Cost {
     pub rpcs: BTreeMap<String, usize>,
+    pub endings: BTreeMap<String, usize>,
     pub statements: usize,
 }
 
@@ -38,12 +40,19 @@ fn count(add: impl FnOnce(&mut Cost)) {
 
 struct Counter;
 
-struct MethodField(Option<String>);
+/// The value of one field of a span or event.
+struct FieldValue(&'static str, Option<String>);
 
-impl Visit for MethodField {
+impl Visit for FieldValue {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == self.0 {
+            self.1 = Some(value.to_owned());
+        }
+    }
+
     fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
-        if field.name() == "method" {
-            self.0 = Some(format!("{value:?}"));
+        if field.name() == self.0 {
+            self.1 = Some(format!("{value:?}"));
         }
     }
 }
@@ -51,9 +60,9 @@ impl Visit for MethodField {
 impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Counter {
     fn on_new_span(&self, attributes: &Attributes<'_>, _: &tracing::span::Id, _: Context<'_, S>) {
         if attributes.metadata().name() == "rpc" {
-            let mut method = MethodField(None);
+            let mut method = FieldValue("method", None);
             attributes.record(&mut method);
-            if let Some(method) = method.0 {
+            if let Some(method) = method.1 {
                 count(|cost| *cost.rpcs.entry(method).or_default() += 1);
             }
         }
@@ -62,6 +71,11 @@ impl<S: Subscriber + for<'a> LookupSpan<'a>> Layer<S> for Counter {
     fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
         if event.metadata().target() == "sqlx::query" {
             count(|cost| cost.statements += 1);
+        }
+        let mut code = FieldValue("code", None);
+        event.record(&mut code);
+        if let Some(code) = code.1 {
+            count(|cost| *cost.endings.entry(code).or_default() += 1);
         }
     }
 }
@@ -94,4 +108,9 @@ pub async fn cost_of<T>(work: impl Future<Output = T>) -> (T, Cost) {
     let output = work.await;
     let cost = SCOPE.take().expect("the scope set above");
     (output, cost)
+}
+
+/// What has been counted so far inside [`cost_of`] on this thread.
+pub fn cost_so_far() -> Cost {
+    SCOPE.with_borrow(|scope| scope.clone().unwrap_or_default())
 }

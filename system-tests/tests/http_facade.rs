@@ -1019,7 +1019,7 @@ async fn unknown_routes_and_oversized_bodies(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
-async fn an_upstream_that_is_down_is_503(pool: PgPool) {
+async fn a_service_that_is_down_costs_only_what_needs_it(pool: PgPool) {
     let (system, facade) = spawn_facade(pool).await;
     let alice = facade.sign_up("alice@example.com").await;
     let post = facade
@@ -1027,15 +1027,17 @@ async fn an_upstream_that_is_down_is_503(pool: PgPool) {
         .await;
     let post_id = post["id"].as_str().unwrap();
 
-    // votes-service down: posts-service cannot count likes, and says so.
+    // votes-service down: posts are answered, their like counts null, not zero.
     system.votes.stop().await;
     let response = facade
         .as_person(&alice, Method::GET, "/posts/")
         .answer()
         .await;
-    let detail = expect_error(response, StatusCode::SERVICE_UNAVAILABLE).await;
-    assert_eq!(detail, "votes-service unavailable, try again");
-    // The facade cannot reach it itself either.
+    assert_eq!(response.status(), StatusCode::OK);
+    let page: Value = response.json().await.unwrap();
+    assert_eq!(page[0]["votes"], Value::Null, "{page}");
+    assert_eq!(page[0]["Post"]["owner"]["email"], "alice@example.com");
+    // Liking needs votes-service itself.
     let response = facade
         .as_person(&alice, Method::POST, "/vote/")
         .json(&json!({"post_id": post_id, "dir": 1}))
@@ -1043,6 +1045,19 @@ async fn an_upstream_that_is_down_is_503(pool: PgPool) {
         .await;
     let detail = expect_error(response, StatusCode::SERVICE_UNAVAILABLE).await;
     assert_eq!(detail, "votes-service unavailable, try again");
+
+    // auth-service down too: the owner is the one posts-service remembers, and
+    // its email, which only auth-service knows, is left out.
+    system.auth.stop().await;
+    let response = facade
+        .as_person(&alice, Method::GET, &format!("/posts/{post_id}"))
+        .answer()
+        .await;
+    assert_eq!(response.status(), StatusCode::OK);
+    let read: Value = response.json().await.unwrap();
+    assert_eq!(read["Post"]["owner"]["id"], alice.id.as_str(), "{read}");
+    assert_eq!(read["Post"]["owner"].get("email"), None, "{read}");
+    assert_eq!(read["votes"], Value::Null);
 
     system.posts.stop().await;
     let response = facade

@@ -912,55 +912,6 @@ async fn deleting_a_post_takes_its_likes_with_it(pool: PgPool) {
 }
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
-async fn a_neighbour_that_is_down_fails_the_call_fast_with_unavailable(pool: PgPool) {
-    let system = spawn_system(pool).await;
-    let alice = system.sign_up("alice@example.com").await;
-    let post = system
-        .create_post(&alice, "Hello", "World", None)
-        .await
-        .unwrap();
-    // Keep auth- and posts-service running: dropping them would stop them too.
-    let System {
-        votes,
-        post_client,
-        auth: _auth,
-        posts: _posts,
-        ..
-    } = system;
-    let votes_address = votes.address;
-    votes.stop().await;
-
-    let request = as_person(
-        &alice,
-        GetPostRequest {
-            id: post.id.clone(),
-        },
-    );
-    let outcome = tokio::time::timeout(
-        std::time::Duration::from_secs(10),
-        post_client.clone().get_post(request),
-    )
-    .await
-    .expect("fails instead of hanging");
-
-    let status = outcome.unwrap_err();
-    assert_reason(
-        &status,
-        ErrorReason::DependencyUnavailable,
-        "votes-service is down",
-    );
-    assert!(
-        status.message().contains("votes-service"),
-        "{}",
-        status.message()
-    );
-    assert!(
-        tokio::net::TcpStream::connect(votes_address).await.is_err(),
-        "votes-service is really down"
-    );
-}
-
-#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn an_update_without_a_mask_changes_only_the_fields_that_are_set(pool: PgPool) {
     let system = spawn_system(pool).await;
     let alice = system.sign_up("alice@example.com").await;
@@ -1148,4 +1099,221 @@ async fn an_etag_makes_a_change_happen_only_to_the_version_read(pool: PgPool) {
         .expect("a delete with the current etag");
     let gone = system.get_post(&alice, &post.id).await.unwrap_err();
     assert_reason(&gone, ErrorReason::PostNotFound, "deleted");
+}
+
+/// Creates `post` as `who` with `request_id` (AIP-155).
+async fn create_with_request_id(
+    system: &System,
+    who: &Person,
+    post: Post,
+    request_id: Uuid,
+) -> Result<Post, tonic::Status> {
+    let request = CreatePostRequest {
+        post: Some(post),
+        request_id: request_id.to_string(),
+    };
+    let response = system
+        .post_client
+        .clone()
+        .create_post(as_person(who, request))
+        .await?;
+    Ok(response.into_inner().post.expect("a post"))
+}
+
+/// The number of rows `query` counts.
+async fn count(system: &System, query: &'static str) -> i64 {
+    sqlx::query_scalar(query)
+        .fetch_one(&system.pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn a_retry_with_the_same_request_id_returns_the_first_post_and_stores_no_second(
+    pool: PgPool,
+) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let request_id = Uuid::now_v7();
+    let first =
+        create_with_request_id(&system, &alice, new_post("Title", "Body", None), request_id)
+            .await
+            .unwrap();
+
+    let retry = create_with_request_id(
+        &system,
+        &alice,
+        new_post("  Title ", "Body\n", Some(true)),
+        request_id,
+    )
+    .await
+    .expect("the same post after trimming, published by default, is the same request");
+
+    assert_eq!(retry, first, "the first answer");
+    assert_eq!(count(&system, "select count(*) from posts.posts").await, 1);
+    assert_eq!(
+        count(&system, "select count(*) from posts.create_post_requests").await,
+        1
+    );
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn a_retry_answers_the_post_as_it_is_now_or_post_not_found_once_deleted(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let request_id = Uuid::now_v7();
+    let create = || create_with_request_id(&system, &alice, new_post("T", "C", None), request_id);
+    let first = create().await.unwrap();
+    let renamed = system
+        .update_post(&alice, patch(&first.id, &["title"], "Renamed", "", None))
+        .await
+        .unwrap();
+
+    let after_the_update = create().await.expect("a retry after an update");
+    system.delete_post(&alice, &first.id).await.unwrap();
+    let after_the_delete = create().await.unwrap_err();
+
+    assert_eq!(after_the_update, renamed, "the post read again");
+    assert_reason(
+        &after_the_delete,
+        ErrorReason::PostNotFound,
+        "a retry whose post was deleted",
+    );
+    assert_eq!(
+        count(&system, "select count(*) from posts.posts").await,
+        0,
+        "the retry did not create the post again"
+    );
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn a_request_id_used_for_another_post_is_refused_and_writes_nothing(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let request_id = Uuid::now_v7();
+    let first =
+        create_with_request_id(&system, &alice, new_post("Title", "Body", None), request_id)
+            .await
+            .unwrap();
+    let cases = [
+        ("another title", new_post("Other", "Body", None)),
+        ("another content", new_post("Title", "Other", None)),
+        ("a draft", new_post("Title", "Body", Some(false))),
+    ];
+
+    for (case, post) in cases {
+        let status = create_with_request_id(&system, &alice, post, request_id)
+            .await
+            .unwrap_err();
+
+        assert_reason(&status, ErrorReason::RequestIdReused, case);
+    }
+    assert_eq!(count(&system, "select count(*) from posts.posts").await, 1);
+    assert_eq!(
+        system.get_post(&alice, &first.id).await.unwrap(),
+        first,
+        "the first post is unchanged"
+    );
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn ten_simultaneous_creates_with_one_request_id_store_one_post_and_answer_it_to_all(
+    pool: PgPool,
+) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let request_id = Uuid::now_v7();
+
+    let attempts = (0..10)
+        .map(|_| create_with_request_id(&system, &alice, new_post("T", "C", None), request_id));
+    let results = futures::future::join_all(attempts).await;
+
+    let posts: Vec<Post> = results
+        .into_iter()
+        .map(|result| result.expect("every attempt succeeds"))
+        .collect();
+    assert!(
+        posts.iter().all(|post| *post == posts[0]),
+        "one answer: {posts:?}"
+    );
+    assert_eq!(count(&system, "select count(*) from posts.posts").await, 1);
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn two_people_may_use_the_same_request_id_independently(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let bob = system.sign_up("bob@example.com").await;
+    let request_id = Uuid::now_v7();
+
+    let alices = create_with_request_id(&system, &alice, new_post("A", "C", None), request_id)
+        .await
+        .unwrap();
+    let bobs = create_with_request_id(&system, &bob, new_post("B", "C", None), request_id)
+        .await
+        .expect("another person's id is no reuse");
+
+    assert_ne!(alices.id, bobs.id);
+    assert_eq!(
+        (alices.owner_id, bobs.owner_id),
+        (alice.id, bob.id),
+        "each owns their own"
+    );
+    assert_eq!(count(&system, "select count(*) from posts.posts").await, 2);
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn a_request_id_older_than_a_day_creates_a_new_post(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let request_id = Uuid::now_v7();
+    let create = || create_with_request_id(&system, &alice, new_post("T", "C", None), request_id);
+    let first = create().await.unwrap();
+    sqlx::query(
+        "update posts.create_post_requests set create_time = now() - interval '1 day 1 second'",
+    )
+    .execute(&system.pool)
+    .await
+    .unwrap();
+
+    let second = create()
+        .await
+        .expect("an expired id is taken over, purged or not");
+    let third = create().await.unwrap();
+
+    assert_ne!(second.id, first.id, "a new post");
+    assert_eq!(third, second, "and the id now stands for it");
+    assert_eq!(count(&system, "select count(*) from posts.posts").await, 2);
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn the_purge_deletes_request_ids_older_than_a_day_and_keeps_the_others(pool: PgPool) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let (old, recent) = (Uuid::now_v7(), Uuid::now_v7());
+    for request_id in [old, recent] {
+        create_with_request_id(&system, &alice, new_post("T", "C", None), request_id)
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "update posts.create_post_requests set create_time = now() - interval '1 day 1 second'
+          where request_id = $1",
+    )
+    .bind(old)
+    .execute(&system.pool)
+    .await
+    .unwrap();
+
+    let mut conn = system.pool.acquire().await.unwrap();
+    let purged = posts_service::purge_expired_request_ids(&mut conn)
+        .await
+        .unwrap();
+
+    assert_eq!(purged, 1);
+    let kept: Vec<Uuid> = sqlx::query_scalar("select request_id from posts.create_post_requests")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(kept, [recent]);
 }

@@ -66,10 +66,7 @@ async fn add(conn: &mut PgConnection, post_id: Uuid, user_id: Uuid) -> Result<i6
             "you already like this post",
         )),
         "votes_post_id_fkey" => Some(POST_NOT_FOUND),
-        "votes_user_id_fkey" => Some(ApiError::refused(
-            ErrorReason::UserNotFound,
-            "user not found",
-        )),
+        "votes_user_id_fkey" => Some(ApiError::account_deleted()),
         _ => None,
     })?;
     match outcome.added {

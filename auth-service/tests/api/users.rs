@@ -277,3 +277,185 @@ async fn batch_get_users(
         .into_inner()
         .users)
 }
+
+/// Registers `email` with `password` and `request_id` (AIP-155).
+async fn create_user_with_request_id(
+    app: &crate::helpers::TestApp,
+    email: &str,
+    password: &str,
+    request_id: Uuid,
+) -> Result<proto::User, tonic::Status> {
+    let request = proto::CreateUserRequest {
+        email: email.to_owned(),
+        password: password.to_owned(),
+        request_id: request_id.to_string(),
+    };
+    let response = app.users.clone().create_user(request).await?;
+    Ok(response.into_inner().user.expect("a created user"))
+}
+
+/// The number of rows `query` counts.
+async fn count(app: &crate::helpers::TestApp, query: &'static str) -> i64 {
+    sqlx::query_scalar(query)
+        .fetch_one(&app.pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn a_retry_with_the_same_request_id_returns_the_first_user_and_stores_no_second(
+    pool: PgPool,
+) {
+    let app = spawn_app(pool).await;
+    let request_id = Uuid::now_v7();
+    let first = create_user_with_request_id(&app, "Alice@Example.com", PASSWORD, request_id)
+        .await
+        .unwrap();
+
+    let retry = create_user_with_request_id(&app, " alice@example.COM", PASSWORD, request_id)
+        .await
+        .expect("the same email in another case, and the same password");
+
+    assert_eq!(retry, first, "the first answer, email as stored");
+    assert_eq!(count(&app, "select count(*) from auth.users").await, 1);
+    assert_eq!(
+        count(&app, "select count(*) from auth.create_user_requests").await,
+        1
+    );
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn a_request_id_used_with_another_email_or_password_is_refused_and_writes_nothing(
+    pool: PgPool,
+) {
+    let app = spawn_app(pool).await;
+    let request_id = Uuid::now_v7();
+    create_user_with_request_id(&app, "alice@example.com", PASSWORD, request_id)
+        .await
+        .unwrap();
+    let cases = [
+        ("another email", "bob@example.com", PASSWORD),
+        ("another password", "alice@example.com", "another password"),
+        ("both", "bob@example.com", "another password"),
+    ];
+
+    for (case, email, password) in cases {
+        let status = create_user_with_request_id(&app, email, password, request_id)
+            .await
+            .unwrap_err();
+
+        assert_reason(&status, ErrorReason::RequestIdReused, case);
+    }
+    assert_eq!(count(&app, "select count(*) from auth.users").await, 1);
+    app.login("alice@example.com", PASSWORD)
+        .await
+        .expect("the first password still logs in");
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn ten_simultaneous_registrations_with_one_request_id_store_one_user_and_answer_it_to_all(
+    pool: PgPool,
+) {
+    let app = spawn_app(pool).await;
+    let request_id = Uuid::now_v7();
+
+    let attempts = (0..10)
+        .map(|_| create_user_with_request_id(&app, "race@example.com", PASSWORD, request_id));
+    let results = join_all(attempts).await;
+
+    let users: Vec<proto::User> = results
+        .into_iter()
+        .map(|result| result.expect("every attempt succeeds"))
+        .collect();
+    assert!(
+        users.iter().all(|user| *user == users[0]),
+        "one answer: {users:?}"
+    );
+    assert_eq!(count(&app, "select count(*) from auth.users").await, 1);
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn a_failed_registration_does_not_keep_its_request_id(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    app.create_user("taken@example.com", PASSWORD)
+        .await
+        .unwrap();
+    let request_id = Uuid::now_v7();
+    let taken = create_user_with_request_id(&app, "taken@example.com", PASSWORD, request_id)
+        .await
+        .unwrap_err();
+
+    let corrected = create_user_with_request_id(&app, "free@example.com", PASSWORD, request_id)
+        .await
+        .expect("the id was not used up");
+
+    assert_reason(&taken, ErrorReason::EmailAlreadyRegistered, "a taken email");
+    assert_eq!(corrected.email, "free@example.com");
+    assert_eq!(count(&app, "select count(*) from auth.users").await, 2);
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn a_request_id_older_than_a_day_no_longer_deduplicates(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let request_id = Uuid::now_v7();
+    create_user_with_request_id(&app, "alice@example.com", PASSWORD, request_id)
+        .await
+        .unwrap();
+    sqlx::query(
+        "update auth.create_user_requests set create_time = now() - interval '1 day 1 second'",
+    )
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let retry = create_user_with_request_id(&app, "alice@example.com", PASSWORD, request_id)
+        .await
+        .unwrap_err();
+    let other = create_user_with_request_id(&app, "bob@example.com", "other password", request_id)
+        .await
+        .expect("an expired id is no reuse, purged or not");
+
+    assert_reason(
+        &retry,
+        ErrorReason::EmailAlreadyRegistered,
+        "a retry after a day registers anew",
+    );
+    assert_eq!(other.email, "bob@example.com");
+    assert_eq!(count(&app, "select count(*) from auth.users").await, 2);
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn the_purge_deletes_request_ids_older_than_a_day_and_keeps_the_others(pool: PgPool) {
+    let app = spawn_app(pool).await;
+    let (old, recent) = (Uuid::now_v7(), Uuid::now_v7());
+    for (request_id, email) in [(old, "old@example.com"), (recent, "recent@example.com")] {
+        create_user_with_request_id(&app, email, PASSWORD, request_id)
+            .await
+            .unwrap();
+    }
+    sqlx::query(
+        "update auth.create_user_requests set create_time = now() - interval '1 day 1 second'
+          where request_id = $1",
+    )
+    .bind(old)
+    .execute(&app.pool)
+    .await
+    .unwrap();
+
+    let mut conn = app.pool.acquire().await.unwrap();
+    let purged = auth_service::purge_expired_request_ids(&mut conn)
+        .await
+        .unwrap();
+
+    assert_eq!(purged, 1);
+    let kept: Vec<Uuid> = sqlx::query_scalar("select request_id from auth.create_user_requests")
+        .fetch_all(&mut *conn)
+        .await
+        .unwrap();
+    assert_eq!(kept, [recent]);
+    assert_eq!(
+        count(&app, "select count(*) from auth.users").await,
+        2,
+        "the users stay"
+    );
+}

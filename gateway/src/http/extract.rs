@@ -22,12 +22,14 @@ pub struct Bearer {
 }
 
 impl Bearer {
-    /// `message` as a gRPC request carrying the caller's token.
+    /// `message` as a gRPC request carrying the caller's token, and the
+    /// deadline of one hop (HTTP callers name none).
     pub fn request<T>(&self, message: T) -> tonic::Request<T> {
         let mut request = tonic::Request::new(message);
         request
             .metadata_mut()
             .insert("authorization", self.authorization.clone());
+        request.set_timeout(service_kit::deadline::PER_HOP_TIMEOUT);
         request
     }
 }

@@ -7,6 +7,7 @@ use agora_proto::posts::v1 as posts;
 use axum::{Json, extract::State, http::StatusCode};
 use prost_types::FieldMask;
 use serde::{Deserialize, Serialize};
+use service_kit::{deadline::Deadline, retry::read_once_more_if_unavailable};
 use utoipa::{IntoParams, ToSchema};
 
 use super::{
@@ -31,7 +32,9 @@ pub struct PostOut {
     pub created_at: String,
     #[schema(format = "uuid")]
     pub owner_id: String,
-    pub owner: UserOut,
+    /// The author; `null` when auth-service cannot be reached and the author is
+    /// not one seen lately (`owner_id` is always there).
+    pub owner: Option<UserOut>,
 }
 
 /// A post and its like count, as the course's `GET /posts/` answers (note the
@@ -40,7 +43,9 @@ pub struct PostOut {
 pub struct PostWithVotes {
     #[serde(rename = "Post")]
     pub post: PostOut,
-    pub votes: i64,
+    /// How many people like the post; `null` when votes-service cannot be reached
+    /// and the count is unknown (never a made-up zero).
+    pub votes: Option<i64>,
 }
 
 impl PostOut {
@@ -54,43 +59,54 @@ impl PostOut {
         post: posts::Post,
         emails: &HashMap<String, String>,
     ) -> Result<PostWithVotes, HttpError> {
-        let incomplete = |what| HttpError::incomplete_answer(UPSTREAM, what);
-        let owner = post.owner.ok_or_else(|| incomplete("an owner"))?;
-        let out = PostOut {
-            created_at: rfc3339(UPSTREAM, post.create_time)?,
-            owner: UserOut {
+        let owner = match post.owner {
+            Some(owner) => Some(UserOut {
                 created_at: rfc3339(UPSTREAM, owner.create_time)?,
                 email: emails.get(&owner.id).cloned(),
                 id: owner.id,
-            },
+            }),
+            None => None,
+        };
+        let out = PostOut {
+            created_at: rfc3339(UPSTREAM, post.create_time)?,
+            owner,
             id: post.id,
             title: post.title,
             content: post.content,
-            published: post.published.ok_or_else(|| incomplete("published"))?,
+            published: post
+                .published
+                .ok_or_else(|| HttpError::incomplete_answer(UPSTREAM, "published"))?,
             owner_id: post.owner_id,
         };
         Ok(PostWithVotes {
             post: out,
-            votes: post.like_count.ok_or_else(|| incomplete("a like count"))?,
+            votes: post.like_count,
         })
     }
 }
 
 impl Facade {
     /// The emails of the posts' owners, by owner id, when the facade shows them.
+    /// Without auth-service the posts are still answered, their owners without
+    /// an email.
     async fn owner_emails(
         &self,
         bearer: &Bearer,
         posts: &[posts::Post],
-    ) -> Result<HashMap<String, String>, HttpError> {
+    ) -> HashMap<String, String> {
         let mut owner_ids: Vec<String> = posts.iter().map(|post| post.owner_id.clone()).collect();
         owner_ids.sort_unstable();
         owner_ids.dedup();
-        let users = self.users_with_emails(bearer, owner_ids).await?;
-        Ok(users
-            .into_iter()
-            .map(|user| (user.id, user.email))
-            .collect())
+        match self.users_with_emails(bearer, owner_ids).await {
+            Ok(users) => users
+                .into_iter()
+                .map(|user| (user.id, user.email))
+                .collect(),
+            Err(error) => {
+                tracing::warn!(detail = %error.detail, "answering posts without owner emails");
+                HashMap::new()
+            }
+        }
     }
 
     /// One post in the course's shape.
@@ -100,9 +116,7 @@ impl Facade {
         post: Option<posts::Post>,
     ) -> Result<PostOut, HttpError> {
         let post = post.ok_or_else(|| HttpError::incomplete_answer(UPSTREAM, "a post"))?;
-        let emails = self
-            .owner_emails(bearer, std::slice::from_ref(&post))
-            .await?;
+        let emails = self.owner_emails(bearer, std::slice::from_ref(&post)).await;
         PostOut::from_proto(post, &emails)
     }
 }
@@ -197,14 +211,15 @@ pub async fn list(
         search: params.search,
         ..Default::default()
     };
-    let response = facade
-        .upstreams
-        .posts()
-        .list_posts(bearer.request(request))
-        .await
-        .map_err(upstream_error)?;
+    let response = read_once_more_if_unavailable(Deadline::none(), || {
+        let mut posts = facade.upstreams.posts();
+        let request = bearer.request(request.clone());
+        async move { posts.list_posts(request).await }
+    })
+    .await
+    .map_err(upstream_error)?;
     let posts = response.into_inner().posts;
-    let emails = facade.owner_emails(&bearer, &posts).await?;
+    let emails = facade.owner_emails(&bearer, &posts).await;
     let page = posts
         .into_iter()
         .map(|post| PostOut::with_votes(post, &emails))
@@ -232,19 +247,20 @@ pub async fn get(
     State(facade): State<Facade>,
     PathId(id): PathId,
 ) -> Result<Json<PostWithVotes>, HttpError> {
-    let response = facade
-        .upstreams
-        .posts()
-        .get_post(bearer.request(posts::GetPostRequest { id }))
-        .await
-        .map_err(upstream_error)?;
+    let response = read_once_more_if_unavailable(Deadline::none(), || {
+        let mut posts = facade.upstreams.posts();
+        let request = bearer.request(posts::GetPostRequest { id: id.clone() });
+        async move { posts.get_post(request).await }
+    })
+    .await
+    .map_err(upstream_error)?;
     let post = response
         .into_inner()
         .post
         .ok_or_else(|| HttpError::incomplete_answer(UPSTREAM, "a post"))?;
     let emails = facade
         .owner_emails(&bearer, std::slice::from_ref(&post))
-        .await?;
+        .await;
     Ok(Json(PostOut::with_votes(post, &emails)?))
 }
 

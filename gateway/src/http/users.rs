@@ -4,6 +4,7 @@
 use agora_proto::auth::v1 as auth;
 use axum::{Json, extract::State, http::StatusCode};
 use serde::{Deserialize, Serialize};
+use service_kit::{deadline::Deadline, retry::read_once_more_if_unavailable};
 use utoipa::ToSchema;
 
 use super::{
@@ -69,12 +70,13 @@ impl Facade {
             ids,
             allow_missing: true,
         };
-        let response = self
-            .upstreams
-            .users()
-            .batch_get_users(bearer.request(request))
-            .await
-            .map_err(|status| HttpError::from_status(UPSTREAM, &status))?;
+        let response = read_once_more_if_unavailable(Deadline::none(), || {
+            let mut users = self.upstreams.users();
+            let request = bearer.request(request.clone());
+            async move { users.batch_get_users(request).await }
+        })
+        .await
+        .map_err(|status| HttpError::from_status(UPSTREAM, &status))?;
         Ok(response.into_inner().users)
     }
 }
@@ -146,12 +148,13 @@ pub async fn get(
             None => return Err(HttpError::new(StatusCode::NOT_FOUND, "user not found")),
         }
     } else {
-        let response = facade
-            .upstreams
-            .users()
-            .get_user(bearer.request(auth::GetUserRequest { id }))
-            .await
-            .map_err(|status| HttpError::from_status(UPSTREAM, &status))?;
+        let response = read_once_more_if_unavailable(Deadline::none(), || {
+            let mut users = facade.upstreams.users();
+            let request = bearer.request(auth::GetUserRequest { id: id.clone() });
+            async move { users.get_user(request).await }
+        })
+        .await
+        .map_err(|status| HttpError::from_status(UPSTREAM, &status))?;
         response
             .into_inner()
             .user
