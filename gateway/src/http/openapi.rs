@@ -104,4 +104,18 @@ mod tests {
         );
         assert!(document["components"]["securitySchemes"]["bearer"].is_object());
     }
+
+    #[test]
+    fn the_document_says_what_can_be_unknown() {
+        let document: serde_json::Value = serde_json::from_str(&DOCUMENT).unwrap();
+        let schemas = &document["components"]["schemas"];
+        let votes = &schemas["PostWithVotes"]["properties"]["votes"];
+        let owner = &schemas["PostOut"]["properties"]["owner"];
+        assert!(votes.to_string().contains("null"), "{votes}");
+        assert!(owner.to_string().contains("null"), "{owner}");
+        assert!(
+            votes["description"].as_str().unwrap().contains("unknown"),
+            "{votes}"
+        );
+    }
 }
