@@ -61,13 +61,26 @@ impl From<TokenError> for tonic::Status {
     }
 }
 
+/// Tokens remembered as verified, at most: every caller active within a token's
+/// lifetime, at well under a kilobyte each.
+const MAX_VERIFIED: usize = 10_000;
+
 /// Verifies EdDSA access tokens: signature, `exp`, `nbf`, `iss`, `aud`, `sub`, `jti`.
+///
+/// A token that verified is remembered until its `exp`, so the signature math is
+/// done once per token in each process, however many calls carry it. It is
+/// forgotten sooner when the key that signed it leaves the key set.
 pub struct TokenVerifier {
     source: Box<dyn KeySource>,
     keys: RwLock<HashMap<String, Arc<DecodingKey>>>,
+    /// Verified tokens (the whole token, so a changed byte is another token) and
+    /// the key that signed each.
+    verified: RwLock<HashMap<Arc<str>, Verified>>,
     /// When the keys were last fetched, and whether that worked; the lock also
     /// makes concurrent refreshes one.
     last_refresh: tokio::sync::Mutex<Option<(Instant, bool)>>,
+    /// [`MIN_REFRESH_INTERVAL`]; a field so that tests can shorten it.
+    min_refresh_interval: Duration,
     validation: Validation,
 }
 
@@ -82,13 +95,46 @@ impl TokenVerifier {
         Self {
             source: Box::new(source),
             keys: RwLock::new(HashMap::new()),
+            verified: RwLock::new(HashMap::new()),
             last_refresh: tokio::sync::Mutex::new(None),
+            min_refresh_interval: MIN_REFRESH_INTERVAL,
             validation,
         }
     }
 
     /// Checks `token` (without the `Bearer ` prefix) and returns whose it is.
     pub async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
+        if let Some(caller) = self.remembered(token) {
+            return Ok(caller);
+        }
+        let (caller, kid) = self.verify_signature(token).await?;
+        self.remember(token, caller, kid);
+        Ok(caller)
+    }
+
+    /// A token verified before whose `exp` has not passed.
+    fn remembered(&self, token: &str) -> Option<Caller> {
+        let verified = self.verified.read().expect("verified tokens lock poisoned");
+        let entry = verified.get(token)?;
+        (unix_now() < entry.caller.expires_at).then_some(entry.caller)
+    }
+
+    fn remember(&self, token: &str, caller: Caller, kid: String) {
+        let mut verified = self
+            .verified
+            .write()
+            .expect("verified tokens lock poisoned");
+        if verified.len() >= MAX_VERIFIED {
+            let now = unix_now();
+            verified.retain(|_, entry| now < entry.caller.expires_at);
+            if verified.len() >= MAX_VERIFIED {
+                verified.clear();
+            }
+        }
+        verified.insert(token.into(), Verified { caller, kid });
+    }
+
+    async fn verify_signature(&self, token: &str) -> Result<(Caller, String), TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|_| TokenError::Malformed)?;
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::Invalid);
@@ -117,12 +163,13 @@ impl TokenVerifier {
             })?
             .claims;
         let uuid = |text: &str| Uuid::parse_str(text).map_err(|_| TokenError::Invalid);
-        Ok(Caller {
+        let caller = Caller {
             user_id: uuid(&claims.sub)?,
             token_id: uuid(&claims.jti)?,
             session_id: claims.sid.as_deref().map(uuid).transpose()?,
             expires_at: claims.exp,
-        })
+        };
+        Ok((caller, kid))
     }
 
     fn cached_key(&self, kid: &str) -> Option<Arc<DecodingKey>> {
@@ -138,7 +185,7 @@ impl TokenVerifier {
     async fn refresh(&self) -> bool {
         let mut last_refresh = self.last_refresh.lock().await;
         if let Some((at, worked)) = *last_refresh
-            && at.elapsed() < MIN_REFRESH_INTERVAL
+            && at.elapsed() < self.min_refresh_interval
         {
             return worked;
         }
@@ -155,6 +202,11 @@ impl TokenVerifier {
                     })
                     .collect();
                 tracing::debug!(keys = fresh.len(), "token verification keys refreshed");
+                // A key gone from the set takes the tokens it signed with it.
+                self.verified
+                    .write()
+                    .expect("verified tokens lock poisoned")
+                    .retain(|_, entry| fresh.contains_key(&entry.kid));
                 *self.keys.write().expect("key cache lock poisoned") = fresh;
                 true
             }
@@ -166,5 +218,117 @@ impl TokenVerifier {
         };
         *last_refresh = Some((Instant::now(), worked));
         worked
+    }
+}
+
+/// A token that verified, and the key that signed it.
+struct Verified {
+    caller: Caller,
+    kid: String,
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |now| now.as_secs())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Mutex;
+
+    use ed25519_dalek::{
+        SigningKey,
+        pkcs8::{EncodePrivateKey, KeypairBytes},
+    };
+    use jsonwebtoken::{
+        EncodingKey, Header,
+        jwk::{Jwk, JwkSet},
+    };
+
+    use super::*;
+    use crate::{Claims, KeySourceError};
+
+    /// A key source whose set the test changes.
+    #[derive(Clone, Default)]
+    struct Swappable(Arc<Mutex<JwkSet>>);
+
+    impl KeySource for Swappable {
+        fn fetch(
+            &self,
+        ) -> std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<JwkSet, KeySourceError>> + Send + '_>,
+        > {
+            let keys = self.0.lock().unwrap().clone();
+            Box::pin(async move { Ok(keys) })
+        }
+    }
+
+    fn new_key(kid: &str) -> (EncodingKey, Jwk) {
+        let key = SigningKey::generate(&mut rand_core::OsRng);
+        // PKCS#8 v1 (the private key alone), the form jsonwebtoken reads.
+        let der = KeypairBytes {
+            secret_key: key.to_bytes(),
+            public_key: None,
+        }
+        .to_pkcs8_der()
+        .unwrap();
+        let encoding = EncodingKey::from_ed_der(der.as_bytes());
+        let mut jwk = Jwk::from_encoding_key(&encoding, Algorithm::EdDSA).unwrap();
+        jwk.common.key_id = Some(kid.to_owned());
+        (encoding, jwk)
+    }
+
+    fn token(key: &EncodingKey, kid: &str) -> String {
+        let now = unix_now();
+        let claims = Claims {
+            sub: Uuid::now_v7().to_string(),
+            iat: now,
+            exp: now + 600,
+            nbf: Some(now),
+            iss: ISSUER.to_owned(),
+            aud: AUDIENCE.to_owned(),
+            jti: Uuid::now_v7().to_string(),
+            sid: None,
+        };
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.kid = Some(kid.to_owned());
+        jsonwebtoken::encode(&header, &claims, key).unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_remembered_token_is_forgotten_when_its_key_leaves_the_set() {
+        let (old_key, old_jwk) = new_key("old");
+        let (new_key, new_jwk) = new_key("new");
+        let source = Swappable::default();
+        *source.0.lock().unwrap() = JwkSet {
+            keys: vec![old_jwk],
+        };
+        let mut verifier = TokenVerifier::new(source.clone());
+        verifier.min_refresh_interval = Duration::ZERO;
+        let old_token = token(&old_key, "old");
+        let caller = verifier.verify(&old_token).await.expect("a genuine token");
+        assert_eq!(verifier.verify(&old_token).await, Ok(caller), "remembered");
+
+        let mut tampered = old_token.clone();
+        tampered.pop();
+        assert!(
+            verifier.verify(&tampered).await.is_err(),
+            "a changed byte is another token, checked anew"
+        );
+
+        // The old key is retired; a token of the new one makes the verifier look.
+        *source.0.lock().unwrap() = JwkSet {
+            keys: vec![new_jwk],
+        };
+        verifier
+            .verify(&token(&new_key, "new"))
+            .await
+            .expect("the new key is fetched");
+        assert_eq!(
+            verifier.verify(&old_token).await,
+            Err(TokenError::UnknownKey),
+            "the old key's tokens went with it"
+        );
     }
 }

@@ -30,8 +30,9 @@ pub struct AuthSettings {
     #[arg(long, env = "TOKEN_TTL_SECS", default_value_t = 1800,
           value_parser = clap::value_parser!(u64).range(60..=3600))]
     pub token_ttl_secs: u64,
-    /// Password hashes computed at once; 0 means one per CPU core. Logins beyond
-    /// this wait, so hashing never starves other calls.
+    /// Password hashes computed at once; 0 means one per CPU core (all but one
+    /// when the gateway runs the services itself). Logins beyond this wait, so
+    /// hashing never starves other calls.
     #[arg(long, env = "PASSWORD_HASHING_CONCURRENCY", default_value_t = 0)]
     pub password_hashing_concurrency: usize,
     /// Failed logins allowed per email within the window; then its logins are

@@ -61,6 +61,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     );
     let mut report = Report::default();
     let post_id = system.post_ids[0].clone();
+    let post_uuid: uuid::Uuid = post_id.parse()?;
 
     let get_post = |client: tonic::transport::Channel| {
         let system = &system;
@@ -116,6 +117,25 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
                         .map_err(|error| error.to_string()),
                     status => Err(status.to_string()),
                 }
+            }
+        },
+    )
+    .await;
+
+    // The statements one GetPost runs (posts-service's read, auth-service's owner
+    // look-up, votes-service's count), straight through a pool of the size every
+    // service has: the ceiling a GetPost cannot pass.
+    let sql_ceiling = measure(
+        "GetPost's 3 SQL statements, through a pool",
+        args.concurrency,
+        duration,
+        |_| {
+            let pool = system.pool.clone();
+            let (post, viewer) = (post_uuid, system.owner_id);
+            async move {
+                get_post_statements(&pool, post, viewer)
+                    .await
+                    .map_err(|e| e.to_string())
             }
         },
     )
@@ -219,9 +239,22 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await;
 
-    for stats in [&direct, &edge, &http, &page_10, &page_100, &votes, &logins] {
+    for stats in [
+        &sql_ceiling,
+        &direct,
+        &edge,
+        &http,
+        &page_10,
+        &page_100,
+        &votes,
+        &logins,
+    ] {
         report.add(stats);
     }
+    report.ratio(
+        "GetPost through the gateway / its SQL through a pool",
+        edge.per_second() / sql_ceiling.per_second(),
+    );
     report.ratio(
         "gateway throughput / direct to posts-service",
         edge.per_second() / direct.per_second(),
@@ -241,12 +274,54 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     print!("{report}");
 
     system.stop().await;
-    let failed: u64 = [&direct, &edge, &http, &page_10, &page_100, &votes, &logins]
-        .iter()
-        .map(|s| s.errors)
-        .sum();
+    let failed: u64 = [
+        &sql_ceiling,
+        &direct,
+        &edge,
+        &http,
+        &page_10,
+        &page_100,
+        &votes,
+        &logins,
+    ]
+    .iter()
+    .map(|s| s.errors)
+    .sum();
     if failed > 0 {
         return Err(format!("{failed} calls failed; see the errors above").into());
     }
+    Ok(())
+}
+
+/// What one GetPost asks of PostgreSQL, as the three services ask it.
+async fn get_post_statements(
+    pool: &sqlx::PgPool,
+    post: uuid::Uuid,
+    viewer: uuid::Uuid,
+) -> Result<(), sqlx::Error> {
+    use sqlx::Row as _;
+    let row = sqlx::query(
+        "select id, owner_id, title, content, published, create_time, update_time, revision
+           from posts.visible_posts($2) where id = $1",
+    )
+    .bind(post)
+    .bind(viewer)
+    .fetch_one(pool)
+    .await?;
+    let owner: uuid::Uuid = row.try_get("owner_id")?;
+    sqlx::query("select id, email, create_time from auth.users where id = any($1)")
+        .bind(vec![owner])
+        .fetch_all(pool)
+        .await?;
+    sqlx::query(
+        "select requested.id, count(votes.user_id), coalesce(bool_or(votes.user_id = $2), false)
+           from unnest($1::uuid[]) as requested (id)
+           left join votes.votes on votes.post_id = requested.id
+          group by requested.id",
+    )
+    .bind(vec![post])
+    .bind(viewer)
+    .fetch_all(pool)
+    .await?;
     Ok(())
 }

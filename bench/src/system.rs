@@ -18,6 +18,10 @@ pub const PASSWORD: &str = "correct horse battery";
 const POSTS: i32 = 200;
 
 pub struct System {
+    /// The scratch database, as the services use it (for the SQL ceiling).
+    pub pool: sqlx::PgPool,
+    /// The id of the user who owns every seeded post (caller 0).
+    pub owner_id: uuid::Uuid,
     /// The gateway's gRPC port.
     pub edge: Channel,
     /// posts-service itself, past the gateway.
@@ -103,6 +107,8 @@ impl System {
         .map(|id| id.to_string())
         .collect();
         Ok(Self {
+            pool,
+            owner_id: owner,
             edge,
             posts_direct,
             http: reqwest::Client::new(),

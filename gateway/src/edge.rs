@@ -132,7 +132,7 @@ impl Edge {
             .accept_http1(true)
             .layer(cors(&self.cors_allowed_origins))
             .layer(tonic_web::GrpcWebLayer::new())
-            .layer(RpcLogLayer::new(self.limits.request_timeout()))
+            .layer(RpcLogLayer::edge(self.limits.request_timeout()))
             .layer(GlobalConcurrencyLimitLayer::new(
                 self.limits.concurrency_limit,
             ))

@@ -57,7 +57,7 @@ pub async fn bind_services(
 
     let auth_config = auth_service::Config {
         listen: addresses.auth,
-        auth,
+        auth: leave_a_core_for_reads(auth),
         common: common(),
     };
     let auth = build_with_pool(&auth_config, pool.clone())
@@ -80,6 +80,17 @@ pub async fn bind_services(
         .await
         .map_err(failed("posts-service"))?;
     Ok(PerService { auth, votes, posts })
+}
+
+/// Password hashing, one core each, would take every core of the process during
+/// a burst of logins; in one process with the other services it takes at most
+/// all but one, so reads keep a core. An explicit setting stands.
+fn leave_a_core_for_reads(mut auth: auth_service::AuthSettings) -> auth_service::AuthSettings {
+    if auth.password_hashing_concurrency == 0 {
+        let cores = std::thread::available_parallelism().map_or(1, usize::from);
+        auth.password_hashing_concurrency = cores.saturating_sub(1).max(1);
+    }
+    auth
 }
 
 /// The three services, bound on loopback and ready to serve.

@@ -8,7 +8,10 @@
 use std::time::Duration;
 
 use agora_proto::{
-    auth::v1::{BatchGetUsersRequest, LoginRequest, user_service_client::UserServiceClient},
+    auth::v1::{
+        BatchGetUsersRequest, LoginRequest, auth_service_client::AuthServiceClient,
+        user_service_client::UserServiceClient,
+    },
     errors::ErrorReason,
     votes::v1::{VoteDirection, VoteRequest, vote_service_client::VoteServiceClient},
 };
@@ -16,7 +19,8 @@ use prost::Message;
 use system_tests::{
     assert_reason,
     process::{
-        Process, ScratchDatabase, free_port, readme_example, require_tools, run, run_script,
+        Process, Running, ScratchDatabase, Topology, free_port, readme_example, require_tools, run,
+        run_script, terminate_all,
     },
 };
 use tonic::{Request, transport::Channel};
@@ -48,6 +52,20 @@ fn bearer<T>(token: &str, message: T) -> Request<T> {
         .metadata_mut()
         .insert("authorization", format!("Bearer {token}").parse().unwrap());
     request
+}
+
+/// An access token for `email`, logged in through the gateway at `edge`.
+async fn login_at(edge: &Channel, email: &str) -> String {
+    let login = LoginRequest {
+        email: email.into(),
+        password: "correct horse battery".into(),
+    };
+    AuthServiceClient::new(edge.clone())
+        .login(login)
+        .await
+        .expect("login at the edge")
+        .into_inner()
+        .access_token
 }
 
 #[tokio::test]
@@ -112,16 +130,7 @@ async fn all_in_one_serves_the_readme_examples_and_every_kind_of_client() {
         );
     }
     let channel = Channel::from_static("http://127.0.0.1:50051").connect_lazy();
-    let login = LoginRequest {
-        email: "alice@example.com".into(),
-        password: "correct horse battery".into(),
-    };
-    let token = agora_proto::auth::v1::auth_service_client::AuthServiceClient::new(channel.clone())
-        .login(login)
-        .await
-        .expect("login at the edge")
-        .into_inner()
-        .access_token;
+    let token = login_at(&channel, "alice@example.com").await;
     let internal = UserServiceClient::new(channel.clone())
         .batch_get_users(bearer(
             &token,
@@ -217,44 +226,20 @@ async fn health(channel: &Channel, service: &str) -> ServingStatus {
 async fn the_split_topology_works_as_docker_compose_wires_it() {
     require_tools(&["python3"]);
     let database = ScratchDatabase::new();
-    let [auth_port, posts_port, votes_port, grpc_port, http_port] = [(); 5].map(|()| free_port());
-    let url = |port: u16| format!("http://127.0.0.1:{port}");
-    let db = ("DATABASE_URL", database.url.clone());
-    let auth_env = [
-        db.clone(),
-        ("AUTH_LISTEN_ADDR", format!("127.0.0.1:{auth_port}")),
-    ];
-    let votes_env = [
-        db.clone(),
-        ("VOTES_LISTEN_ADDR", format!("127.0.0.1:{votes_port}")),
-        ("AUTH_SERVICE_URL", url(auth_port)),
-    ];
-    let posts_env = [
-        db.clone(),
-        ("POSTS_LISTEN_ADDR", format!("127.0.0.1:{posts_port}")),
-        ("AUTH_SERVICE_URL", url(auth_port)),
-        ("VOTES_SERVICE_URL", url(votes_port)),
-    ];
-    let gateway_env = [
-        ("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
-        ("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
-        ("AUTH_SERVICE_URL", url(auth_port)),
-        ("POSTS_SERVICE_URL", url(posts_port)),
-        ("VOTES_SERVICE_URL", url(votes_port)),
-    ];
-
-    // In dependency order, as docker-compose.yml starts them.
-    let auth = Process::start("auth-service", &auth_env).await;
-    let votes = Process::start("votes-service", &votes_env).await;
-    let posts = Process::start("posts-service", &posts_env).await;
-    let gateway = Process::start("gateway", &gateway_env).await;
+    let topology = Topology::<1>::new(&database.url);
+    let Running {
+        auth,
+        votes,
+        posts: [posts],
+        gateway,
+    } = topology.start().await;
     for (binary, env) in [
-        ("auth-service", &auth_env[..]),
-        ("votes-service", &votes_env[..]),
-        ("posts-service", &posts_env[..]),
-        ("gateway", &gateway_env[..]),
+        ("auth-service", topology.auth_env()),
+        ("votes-service", topology.votes_env()),
+        ("posts-service", topology.posts_env(0)),
+        ("gateway", topology.gateway_env()),
     ] {
-        let (status, printed) = run(binary, env, &["--health-check"]).await;
+        let (status, printed) = run(binary, &env, &["--health-check"]).await;
         assert!(
             status.success(),
             "{binary} --health-check, as the compose healthcheck runs it: {printed}"
@@ -262,8 +247,9 @@ async fn the_split_topology_works_as_docker_compose_wires_it() {
     }
 
     let python = run_script(&format!(
-        "python3 {} 127.0.0.1:{grpc_port}",
-        python_client()
+        "python3 {} {}",
+        python_client(),
+        topology.edge_address()
     ))
     .await;
     assert!(
@@ -271,7 +257,7 @@ async fn the_split_topology_works_as_docker_compose_wires_it() {
         "the generated Python client through the gateway:\n{python}"
     );
     let created = reqwest::Client::new()
-        .post(format!("{}/users/", url(http_port)))
+        .post(format!("{}/users/", topology.http_url()))
         .json(
             &serde_json::json!({"email": "http@example.com", "password": "correct horse battery"}),
         )
@@ -285,7 +271,7 @@ async fn the_split_topology_works_as_docker_compose_wires_it() {
     );
 
     // An upstream goes down: its health turns, and its calls fail fast.
-    let edge = Channel::from_shared(url(grpc_port)).unwrap().connect_lazy();
+    let edge = topology.edge();
     assert_eq!(
         health(&edge, "agora.votes.v1.VoteService").await,
         ServingStatus::Serving
@@ -317,16 +303,7 @@ async fn the_split_topology_works_as_docker_compose_wires_it() {
         ServingStatus::Serving,
         "the gateway itself stays up"
     );
-    let login = LoginRequest {
-        email: "http@example.com".into(),
-        password: "correct horse battery".into(),
-    };
-    let token = agora_proto::auth::v1::auth_service_client::AuthServiceClient::new(edge.clone())
-        .login(login)
-        .await
-        .unwrap()
-        .into_inner()
-        .access_token;
+    let token = login_at(&edge, "http@example.com").await;
     let vote = VoteRequest {
         post_id: uuid::Uuid::now_v7().to_string(),
         direction: VoteDirection::Add.into(),
@@ -343,10 +320,7 @@ async fn the_split_topology_works_as_docker_compose_wires_it() {
         "votes-service down",
     );
 
-    for process in [gateway, posts, auth] {
-        let name = process.name.clone();
-        assert!(process.terminate().await.success(), "{name} stops cleanly");
-    }
+    terminate_all([gateway, posts, auth]).await;
     database.drop_now().await;
 }
 

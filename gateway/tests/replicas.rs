@@ -25,7 +25,7 @@ use agora_proto::{
 };
 use system_tests::{
     PASSWORD, Person, as_person,
-    process::{Process, ScratchDatabase, free_port},
+    process::{Process, Running, ScratchDatabase, Topology, terminate_all},
 };
 use tonic::{Code, transport::Channel};
 use tonic_health::pb::{
@@ -144,51 +144,16 @@ fn calls_served(replica: &Process) -> usize {
 #[tokio::test]
 async fn a_killed_posts_replica_costs_only_its_calls_in_flight_and_serves_again_once_back() {
     let database = ScratchDatabase::new();
-    let [
-        auth_port,
-        votes_port,
-        posts_a_port,
-        posts_b_port,
-        grpc_port,
-        http_port,
-    ] = [(); 6].map(|()| free_port());
-    let url = |port: u16| format!("http://127.0.0.1:{port}");
-    let db = ("DATABASE_URL", database.url.clone());
-    let auth_env = [
-        db.clone(),
-        ("AUTH_LISTEN_ADDR", format!("127.0.0.1:{auth_port}")),
-    ];
-    let votes_env = [
-        db.clone(),
-        ("VOTES_LISTEN_ADDR", format!("127.0.0.1:{votes_port}")),
-        ("AUTH_SERVICE_URL", url(auth_port)),
-    ];
-    let posts_env = |port: u16| {
-        [
-            db.clone(),
-            ("POSTS_LISTEN_ADDR", format!("127.0.0.1:{port}")),
-            ("AUTH_SERVICE_URL", url(auth_port)),
-            ("VOTES_SERVICE_URL", url(votes_port)),
-        ]
-    };
-    let gateway_env = [
-        ("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
-        ("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
-        ("AUTH_SERVICE_URL", url(auth_port)),
-        (
-            "POSTS_SERVICE_URL",
-            format!("{},{}", url(posts_a_port), url(posts_b_port)),
-        ),
-        ("VOTES_SERVICE_URL", url(votes_port)),
-    ];
-    let auth = Process::start("auth-service", &auth_env).await;
-    let votes = Process::start("votes-service", &votes_env).await;
-    let posts_a = Process::start_keeping_log("posts-service", &posts_env(posts_a_port)).await;
-    let posts_b = Process::start_keeping_log("posts-service", &posts_env(posts_b_port)).await;
-    let gateway = Process::start("gateway", &gateway_env).await;
+    let topology = Topology::<2>::new(&database.url);
+    let Running {
+        auth,
+        votes,
+        posts: [posts_a, posts_b],
+        gateway,
+    } = topology.start().await;
 
     // Arrange: a person and a post, through the gateway.
-    let edge = Channel::from_shared(url(grpc_port)).unwrap().connect_lazy();
+    let edge = topology.edge();
     let email = "replicas@example.com";
     let user = UserServiceClient::new(edge.clone())
         .create_user(CreateUserRequest {
@@ -259,7 +224,7 @@ async fn a_killed_posts_replica_costs_only_its_calls_in_flight_and_serves_again_
     );
 
     // ... and comes back on the same port, with nothing else restarted.
-    let posts_b = Process::start_keeping_log("posts-service", &posts_env(posts_b_port)).await;
+    let posts_b = Process::start_keeping_log("posts-service", &topology.posts_env(1)).await;
     eventually("the restarted replica serves calls again", || {
         calls_served(&posts_b) > 0
     })
@@ -300,9 +265,6 @@ async fn a_killed_posts_replica_costs_only_its_calls_in_flight_and_serves_again_
         outcomes.len()
     );
 
-    for process in [gateway, posts_a, posts_b, votes, auth] {
-        let name = process.name.clone();
-        assert!(process.terminate().await.success(), "{name} stops cleanly");
-    }
+    terminate_all([gateway, posts_a, posts_b, votes, auth]).await;
     database.drop_now().await;
 }

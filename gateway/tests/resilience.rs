@@ -37,7 +37,7 @@ use sqlx::{Connection, PgConnection, PgPool};
 use system_tests::{
     PASSWORD, Person, as_person, assert_reason,
     postgres::Cluster,
-    process::{Process, ScratchDatabase, free_port},
+    process::{Env, Process, ScratchDatabase, Topology, terminate_all},
 };
 use tokio::task::JoinHandle;
 use tonic::{Code, Request, Response, Status, transport::Channel};
@@ -50,9 +50,7 @@ const WAIT_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 // ---------------------------------------------------------------------------
-// The topology
-
-type Env = Vec<(&'static str, String)>;
+// The system
 
 /// A neighbour of posts-service that a test kills and starts again.
 #[derive(Debug, Clone, Copy)]
@@ -70,63 +68,32 @@ impl Neighbour {
     }
 }
 
-/// auth-, votes- and posts-service and a gateway in front of them, each a process
-/// of its own, wired as `docker-compose.yml` wires them.
-struct Topology {
+/// The split [`Topology`] running, with one posts-service: its neighbours can be
+/// killed and started again.
+struct System {
+    topology: Topology<1>,
     /// The gateway's gRPC edge, which every call of the tests goes through.
     edge: Channel,
     auth: Option<Process>,
     votes: Option<Process>,
     posts: Process,
     gateway: Process,
-    auth_env: Env,
-    votes_env: Env,
 }
 
-impl Topology {
+impl System {
     /// Starts the four binaries on free loopback ports over `database_url`, in
     /// dependency order.
     async fn start(database_url: &str) -> Self {
-        let [auth_port, votes_port, posts_port, grpc_port, http_port] =
-            [(); 5].map(|()| free_port());
-        let url = |port: u16| format!("http://127.0.0.1:{port}");
-        let db = ("DATABASE_URL", database_url.to_owned());
-        let auth_env = vec![
-            db.clone(),
-            ("AUTH_LISTEN_ADDR", format!("127.0.0.1:{auth_port}")),
-        ];
-        let votes_env = vec![
-            db.clone(),
-            ("VOTES_LISTEN_ADDR", format!("127.0.0.1:{votes_port}")),
-            ("AUTH_SERVICE_URL", url(auth_port)),
-        ];
-        let posts_env = [
-            db,
-            ("POSTS_LISTEN_ADDR", format!("127.0.0.1:{posts_port}")),
-            ("AUTH_SERVICE_URL", url(auth_port)),
-            ("VOTES_SERVICE_URL", url(votes_port)),
-        ];
-        let gateway_env = [
-            ("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
-            ("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
-            ("AUTH_SERVICE_URL", url(auth_port)),
-            ("POSTS_SERVICE_URL", url(posts_port)),
-            ("VOTES_SERVICE_URL", url(votes_port)),
-        ];
-        let auth = Process::start("auth-service", &auth_env).await;
-        let votes = Process::start("votes-service", &votes_env).await;
-        let posts = Process::start("posts-service", &posts_env).await;
-        let gateway = Process::start("gateway", &gateway_env).await;
+        let topology = Topology::new(database_url);
+        let running = topology.start().await;
+        let [posts] = running.posts;
         Self {
-            edge: Channel::from_shared(url(grpc_port))
-                .expect("a valid URL")
-                .connect_lazy(),
-            auth: Some(auth),
-            votes: Some(votes),
+            edge: topology.edge(),
+            topology,
+            auth: Some(running.auth),
+            votes: Some(running.votes),
             posts,
-            gateway,
-            auth_env,
-            votes_env,
+            gateway: running.gateway,
         }
     }
 
@@ -134,10 +101,10 @@ impl Topology {
         PostServiceClient::new(self.edge.clone())
     }
 
-    fn slot(&mut self, neighbour: Neighbour) -> (&mut Option<Process>, &Env) {
+    fn slot(&mut self, neighbour: Neighbour) -> (&mut Option<Process>, Env) {
         match neighbour {
-            Neighbour::Auth => (&mut self.auth, &self.auth_env),
-            Neighbour::Votes => (&mut self.votes, &self.votes_env),
+            Neighbour::Auth => (&mut self.auth, self.topology.auth_env()),
+            Neighbour::Votes => (&mut self.votes, self.topology.votes_env()),
         }
     }
 
@@ -157,7 +124,7 @@ impl Topology {
     async fn start_again(&mut self, neighbour: Neighbour) {
         let (slot, env) = self.slot(neighbour);
         assert!(slot.is_none(), "{} is not running", neighbour.binary());
-        *slot = Some(Process::start(neighbour.binary(), env).await);
+        *slot = Some(Process::start(neighbour.binary(), &env).await);
     }
 
     /// Signs up and logs in a new person through the gateway.
@@ -201,10 +168,7 @@ impl Topology {
     /// proves it ran all along.
     async fn stop(self) {
         let processes = [Some(self.gateway), Some(self.posts), self.votes, self.auth];
-        for process in processes.into_iter().flatten() {
-            let name = process.name.clone();
-            assert!(process.terminate().await.success(), "{name} stops cleanly");
-        }
+        terminate_all(processes.into_iter().flatten()).await;
     }
 }
 
@@ -371,13 +335,13 @@ impl ReadLoad {
 
     /// Kills the neighbour once the callers have made a few reads, and returns
     /// every read made, once each caller has made its reads after the kill.
-    async fn kill_during(self, topology: &mut Topology, neighbour: Neighbour) -> Vec<Read> {
+    async fn kill_during(self, system: &mut System, neighbour: Neighbour) -> Vec<Read> {
         eventually("reads before the kill", async || {
             (self.reads.load(Ordering::SeqCst) >= 4 * READERS).then_some(())
         })
         .await;
         self.phase.store(KILLING, Ordering::SeqCst);
-        topology.kill(neighbour).await;
+        system.kill(neighbour).await;
         self.phase.store(DOWN, Ordering::SeqCst);
         let mut reads = Vec::new();
         for caller in self.callers {
@@ -427,10 +391,10 @@ fn all_succeeded(reads: Vec<Read>, what: &str) -> Vec<(u8, u8, Vec<Post>)> {
 async fn posts_are_served_without_like_counts_while_votes_service_is_down_and_with_them_once_back()
 {
     let database = ScratchDatabase::new();
-    let mut topology = Topology::start(&database.url).await;
+    let mut system = System::start(&database.url).await;
     let pool = PgPool::connect(&database.url).await.expect("the database");
-    let person = topology.sign_up("likes-down@example.com").await;
-    let mut posts = topology.posts();
+    let person = system.sign_up("likes-down@example.com").await;
+    let mut posts = system.posts();
     let post = create_post(&mut posts, &person, "Liked", Uuid::now_v7())
         .await
         .expect("a post");
@@ -438,14 +402,14 @@ async fn posts_are_served_without_like_counts_while_votes_service_is_down_and_wi
         post_id: post.id.clone(),
         direction: VoteDirection::Add.into(),
     };
-    let mut votes = VoteServiceClient::new(topology.edge.clone());
+    let mut votes = VoteServiceClient::new(system.edge.clone());
     within(votes.vote(bearer(&person, vote.clone())))
         .await
         .expect("a like while votes-service is up");
 
     // Act: votes-service dies under reads.
     let load = ReadLoad::start(posts.clone(), &person, &post.id);
-    let reads = load.kill_during(&mut topology, Neighbour::Votes).await;
+    let reads = load.kill_during(&mut system, Neighbour::Votes).await;
 
     // Assert: every read succeeded; with the like count while votes-service was
     // up, and without it (absent, never zero) once it was gone.
@@ -500,7 +464,7 @@ async fn posts_are_served_without_like_counts_while_votes_service_is_down_and_wi
     );
 
     // votes-service comes back on its port, with nothing else restarted.
-    topology.start_again(Neighbour::Votes).await;
+    system.start_again(Neighbour::Votes).await;
     let back = eventually("like counts come back", async || {
         let post = get_post(&mut posts, &person, &post.id).await.ok()?;
         post.like_count.is_some().then_some(post)
@@ -516,7 +480,7 @@ async fn posts_are_served_without_like_counts_while_votes_service_is_down_and_wi
         .expect("the post written during the outage");
     assert_eq!(new_post.like_count, Some(0), "{new_post:?}");
 
-    topology.stop().await;
+    system.stop().await;
     pool.close().await;
     database.drop_now().await;
 }
@@ -524,12 +488,12 @@ async fn posts_are_served_without_like_counts_while_votes_service_is_down_and_wi
 #[tokio::test]
 async fn posts_keep_their_owner_ids_while_auth_service_is_down_and_logins_work_once_back() {
     let database = ScratchDatabase::new();
-    let mut topology = Topology::start(&database.url).await;
+    let mut system = System::start(&database.url).await;
     let pool = PgPool::connect(&database.url).await.expect("the database");
-    let author = topology.sign_up("owners-down@example.com").await;
+    let author = system.sign_up("owners-down@example.com").await;
     // A user posts-service has never described, whose post appears only later.
-    let unseen = topology.register("unseen@example.com").await;
-    let mut posts = topology.posts();
+    let unseen = system.register("unseen@example.com").await;
+    let mut posts = system.posts();
     let post = create_post(&mut posts, &author, "Authored", Uuid::now_v7())
         .await
         .expect("a post");
@@ -544,7 +508,7 @@ async fn posts_keep_their_owner_ids_while_auth_service_is_down_and_logins_work_o
 
     // Act: auth-service dies under reads.
     let load = ReadLoad::start(posts.clone(), &author, &post.id);
-    let reads = load.kill_during(&mut topology, Neighbour::Auth).await;
+    let reads = load.kill_during(&mut system, Neighbour::Auth).await;
 
     // Assert: every read succeeded, each post with its owner id, and the author
     // read before the kill with the profile remembered.
@@ -600,7 +564,7 @@ async fn posts_keep_their_owner_ids_while_auth_service_is_down_and_logins_work_o
     );
 
     // Logging in needs it: UNAVAILABLE.
-    let status = topology
+    let status = system
         .login(&author.email)
         .await
         .expect_err("Login while auth-service is down");
@@ -611,9 +575,9 @@ async fn posts_keep_their_owner_ids_while_auth_service_is_down_and_logins_work_o
     );
 
     // auth-service comes back on its port, with nothing else restarted.
-    topology.start_again(Neighbour::Auth).await;
+    system.start_again(Neighbour::Auth).await;
     eventually("logins work again", async || {
-        topology.login(&author.email).await.ok()
+        system.login(&author.email).await.ok()
     })
     .await;
     eventually("owners are looked up again", async || {
@@ -625,7 +589,7 @@ async fn posts_keep_their_owner_ids_while_auth_service_is_down_and_logins_work_o
     })
     .await;
 
-    topology.stop().await;
+    system.stop().await;
     pool.close().await;
     database.drop_now().await;
 }
@@ -748,9 +712,9 @@ async fn a_postgres_restart_under_load_costs_only_unavailable_calls_and_writes_e
     // Arrange: a cluster of the test's own, which every service uses.
     let cluster = Arc::new(Cluster::start());
     let database_url = cluster.url("agora");
-    let topology = Topology::start(&database_url).await;
-    let person = topology.sign_up("restart@example.com").await;
-    let mut posts = topology.posts();
+    let system = System::start(&database_url).await;
+    let person = system.sign_up("restart@example.com").await;
+    let mut posts = system.posts();
     let seed_request = Uuid::now_v7();
     let seed = create_post(&mut posts, &person, &title_of(seed_request), seed_request)
         .await
@@ -873,7 +837,7 @@ async fn a_postgres_restart_under_load_costs_only_unavailable_calls_and_writes_e
     );
     pool.close().await;
 
-    topology.stop().await;
+    system.stop().await;
     drop(cluster);
 }
 
@@ -883,10 +847,10 @@ async fn a_postgres_restart_under_load_costs_only_unavailable_calls_and_writes_e
 #[tokio::test]
 async fn a_genuine_token_of_a_deleted_user_writes_nothing() {
     let database = ScratchDatabase::new();
-    let topology = Topology::start(&database.url).await;
+    let system = System::start(&database.url).await;
     let pool = PgPool::connect(&database.url).await.expect("the database");
-    let person = topology.sign_up("deleted@example.com").await;
-    let mut posts = topology.posts();
+    let person = system.sign_up("deleted@example.com").await;
+    let mut posts = system.posts();
     create_post(&mut posts, &person, "Before", Uuid::now_v7())
         .await
         .expect("a post while the account exists");
@@ -926,7 +890,7 @@ async fn a_genuine_token_of_a_deleted_user_writes_nothing() {
     }
     assert_eq!(rows().await, before, "no post and no request id written");
 
-    topology.stop().await;
+    system.stop().await;
     pool.close().await;
     database.drop_now().await;
 }

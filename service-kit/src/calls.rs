@@ -3,6 +3,10 @@
 //! the deadline passed and the server dropped the call. Those are logged too, as
 //! CANCELLED and DEADLINE_EXCEEDED, so that an operator is never paged for an
 //! INTERNAL error that was only a client leaving.
+//!
+//! The edge logs every call (the access log); a service behind it logs its
+//! successes at debug only, since the edge already has them, and its failures at
+//! info.
 
 use std::{
     future::Future,
@@ -26,11 +30,25 @@ pub struct RpcLogLayer {
     /// The server's own limit on every call, which ends a call as its deadline
     /// would.
     request_timeout: Duration,
+    /// Whether a success is logged at info (the edge) or at debug (a hop).
+    successes_at_info: bool,
 }
 
 impl RpcLogLayer {
-    pub fn new(request_timeout: Duration) -> Self {
-        Self { request_timeout }
+    /// For the edge: every call at info.
+    pub fn edge(request_timeout: Duration) -> Self {
+        Self {
+            request_timeout,
+            successes_at_info: true,
+        }
+    }
+
+    /// For a service behind the edge: successes at debug, the rest at info.
+    pub fn hop(request_timeout: Duration) -> Self {
+        Self {
+            request_timeout,
+            successes_at_info: false,
+        }
     }
 }
 
@@ -40,7 +58,7 @@ impl<S> Layer<S> for RpcLogLayer {
     fn layer(&self, inner: S) -> RpcLog<S> {
         RpcLog {
             inner,
-            request_timeout: self.request_timeout,
+            layer: *self,
         }
     }
 }
@@ -49,7 +67,7 @@ impl<S> Layer<S> for RpcLogLayer {
 #[derive(Debug, Clone)]
 pub struct RpcLog<S> {
     inner: S,
-    request_timeout: Duration,
+    layer: RpcLogLayer,
 }
 
 impl<S, B, R> Service<http::Request<B>> for RpcLog<S>
@@ -71,11 +89,12 @@ where
             .headers()
             .get("grpc-timeout")
             .and_then(|value| value.to_str().ok());
-        let deadline = Deadline::from_grpc_timeout(timeout, Some(self.request_timeout));
+        let deadline = Deadline::from_grpc_timeout(timeout, Some(self.layer.request_timeout));
         let mut ending = Ending {
             span: span.clone(),
             started: Instant::now(),
             deadline,
+            successes_at_info: self.layer.successes_at_info,
             logged: false,
         };
         let future = span.in_scope(|| self.inner.call(request));
@@ -105,6 +124,7 @@ struct Ending {
     span: Span,
     started: Instant,
     deadline: Deadline,
+    successes_at_info: bool,
     logged: bool,
 }
 
@@ -114,6 +134,9 @@ impl Ending {
         let latency_ms = self.started.elapsed().as_millis() as u64;
         self.span.in_scope(|| match why {
             Some(why) => tracing::info!(code, latency_ms, why, "rpc finished"),
+            None if code == "0" && !self.successes_at_info => {
+                tracing::debug!(code, latency_ms, "rpc finished")
+            }
             None => tracing::info!(code, latency_ms, "rpc finished"),
         });
     }

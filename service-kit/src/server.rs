@@ -130,7 +130,7 @@ impl GrpcServer {
 
         let serve = |shutdown| {
             configured_server(&limits)
-                .layer(RpcLogLayer::new(limits.request_timeout()))
+                .layer(RpcLogLayer::hop(limits.request_timeout()))
                 .layer(GlobalConcurrencyLimitLayer::new(limits.concurrency_limit))
                 .layer(api.token_layer)
                 .add_routes(routes)

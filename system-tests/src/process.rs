@@ -1,5 +1,6 @@
 //! Agora's real binaries as separate processes, the way a person or a container
-//! runs them, for the end-to-end tests.
+//! runs them, and the split [`Topology`] that wires them to each other, for the
+//! end-to-end tests.
 //!
 //! The binaries are found beside the test executable's own folder
 //! (`target/<profile>/`), where `cargo test --workspace` builds them.
@@ -16,6 +17,7 @@ use tokio::{
     io::{AsyncBufReadExt, BufReader},
     process::{Child, Command},
 };
+use tonic::transport::Channel;
 
 const STARTUP_TIMEOUT: Duration = Duration::from_secs(60);
 const STOP_TIMEOUT: Duration = Duration::from_secs(30);
@@ -108,10 +110,13 @@ impl Process {
         Self::start_with(name, env, false).await
     }
 
-    /// [`Process::start`], keeping every line the binary logs (with `RUST_LOG=info`,
-    /// one per call it serves) for [`Process::log_lines_containing`].
+    /// [`Process::start`], keeping every line the binary logs for
+    /// [`Process::log_lines_containing`], one `rpc finished` line per call it
+    /// serves included (a service logs its successes at debug).
     pub async fn start_keeping_log(name: &str, env: &[(&str, String)]) -> Self {
-        Self::start_with(name, env, true).await
+        let mut env = env.to_vec();
+        env.push(("RUST_LOG", "info,service_kit::calls=debug".to_owned()));
+        Self::start_with(name, &env, true).await
     }
 
     /// How many lines logged so far contain every one of `needles`.
@@ -196,6 +201,147 @@ impl Process {
             .unwrap_or_else(|_| panic!("{} stops in time", self.name))
             .expect("wait for the child")
     }
+}
+
+/// Stops each process with SIGTERM, in this order; each must stop cleanly, which
+/// also proves it ran all along.
+pub async fn terminate_all(processes: impl IntoIterator<Item = Process>) {
+    for process in processes {
+        let name = process.name.clone();
+        assert!(process.terminate().await.success(), "{name} stops cleanly");
+    }
+}
+
+/// The environment of one binary: the variables it reads and their values.
+pub type Env = Vec<(&'static str, String)>;
+
+/// The split topology as `docker-compose.yml` wires it: auth-, votes- and
+/// `REPLICAS` posts-service replicas and a gateway forwarding to them, each on a
+/// free loopback port over one database. The tests that start the binaries by
+/// hand take every variable from here, so they cannot drift from each other.
+pub struct Topology<const REPLICAS: usize> {
+    database_url: String,
+    auth_port: u16,
+    votes_port: u16,
+    posts_ports: [u16; REPLICAS],
+    grpc_port: u16,
+    http_port: u16,
+}
+
+/// The processes of a [`Topology`], once started.
+pub struct Running<const REPLICAS: usize> {
+    pub auth: Process,
+    pub votes: Process,
+    pub posts: [Process; REPLICAS],
+    pub gateway: Process,
+}
+
+impl<const REPLICAS: usize> Topology<REPLICAS> {
+    /// Free ports for every binary, over the database at `database_url`.
+    pub fn new(database_url: &str) -> Self {
+        Self {
+            database_url: database_url.to_owned(),
+            auth_port: free_port(),
+            votes_port: free_port(),
+            posts_ports: [(); REPLICAS].map(|()| free_port()),
+            grpc_port: free_port(),
+            http_port: free_port(),
+        }
+    }
+
+    pub fn auth_env(&self) -> Env {
+        vec![
+            self.database(),
+            ("AUTH_LISTEN_ADDR", loopback(self.auth_port)),
+        ]
+    }
+
+    pub fn votes_env(&self) -> Env {
+        vec![
+            self.database(),
+            ("VOTES_LISTEN_ADDR", loopback(self.votes_port)),
+            ("AUTH_SERVICE_URL", url(self.auth_port)),
+        ]
+    }
+
+    /// The environment of posts-service replica `replica` (from 0).
+    pub fn posts_env(&self, replica: usize) -> Env {
+        vec![
+            self.database(),
+            ("POSTS_LISTEN_ADDR", loopback(self.posts_ports[replica])),
+            ("AUTH_SERVICE_URL", url(self.auth_port)),
+            ("VOTES_SERVICE_URL", url(self.votes_port)),
+        ]
+    }
+
+    /// The gateway only forwards: every service URL is set, the replicas'
+    /// comma-separated.
+    pub fn gateway_env(&self) -> Env {
+        let posts: Vec<String> = self.posts_ports.iter().map(|&port| url(port)).collect();
+        vec![
+            ("GATEWAY_GRPC_ADDR", self.edge_address()),
+            ("GATEWAY_HTTP_ADDR", loopback(self.http_port)),
+            ("AUTH_SERVICE_URL", url(self.auth_port)),
+            ("POSTS_SERVICE_URL", posts.join(",")),
+            ("VOTES_SERVICE_URL", url(self.votes_port)),
+        ]
+    }
+
+    /// Where the gateway serves gRPC, as `host:port`.
+    pub fn edge_address(&self) -> String {
+        loopback(self.grpc_port)
+    }
+
+    /// The gateway's gRPC edge, which callers go through.
+    pub fn edge_url(&self) -> String {
+        url(self.grpc_port)
+    }
+
+    /// The gateway's HTTP/JSON facade.
+    pub fn http_url(&self) -> String {
+        url(self.http_port)
+    }
+
+    /// A channel to [`Topology::edge_url`], connecting on its first call.
+    pub fn edge(&self) -> Channel {
+        Channel::from_shared(self.edge_url())
+            .expect("a valid URL")
+            .connect_lazy()
+    }
+
+    /// Starts every binary in dependency order, as docker-compose.yml does, each
+    /// once the one before listens. The posts-service replicas keep their logs
+    /// ([`Process::log_lines_containing`]), so a test can tell which served a call.
+    pub async fn start(&self) -> Running<REPLICAS> {
+        let auth = Process::start("auth-service", &self.auth_env()).await;
+        let votes = Process::start("votes-service", &self.votes_env()).await;
+        let mut posts = Vec::with_capacity(REPLICAS);
+        for replica in 0..REPLICAS {
+            let env = self.posts_env(replica);
+            posts.push(Process::start_keeping_log("posts-service", &env).await);
+        }
+        let gateway = Process::start("gateway", &self.gateway_env()).await;
+        Running {
+            auth,
+            votes,
+            posts: posts
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("one process per replica")),
+            gateway,
+        }
+    }
+
+    fn database(&self) -> (&'static str, String) {
+        ("DATABASE_URL", self.database_url.clone())
+    }
+}
+
+fn loopback(port: u16) -> String {
+    format!("127.0.0.1:{port}")
+}
+
+fn url(port: u16) -> String {
+    format!("http://{}", loopback(port))
 }
 
 /// Runs binary `name` to completion with these environment variables; its exit
