@@ -239,7 +239,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     )
     .await;
 
-    for stats in [
+    let all = [
         &sql_ceiling,
         &direct,
         &edge,
@@ -248,7 +248,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         &page_100,
         &votes,
         &logins,
-    ] {
+    ];
+    for stats in all {
         report.add(stats);
     }
     report.ratio(
@@ -274,19 +275,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     print!("{report}");
 
     system.stop().await;
-    let failed: u64 = [
-        &sql_ceiling,
-        &direct,
-        &edge,
-        &http,
-        &page_10,
-        &page_100,
-        &votes,
-        &logins,
-    ]
-    .iter()
-    .map(|s| s.errors)
-    .sum();
+    let failed: u64 = all.iter().map(|s| s.errors).sum();
     if failed > 0 {
         return Err(format!("{failed} calls failed; see the errors above").into());
     }
