@@ -4,7 +4,7 @@
 use reqwest::{Client, Method, RequestBuilder, Response, StatusCode, header};
 use serde_json::{Value, json};
 use sqlx::PgPool;
-use system_tests::{PASSWORD, System, spawn_system};
+use system_tests::{PASSWORD, System, spawn_system, telemetry::cost_of};
 use uuid::Uuid;
 
 /// The keys of a post object, as the course shows it.
@@ -1047,7 +1047,7 @@ async fn a_service_that_is_down_costs_only_what_needs_it(pool: PgPool) {
     assert_eq!(detail, "votes-service unavailable, try again");
 
     // auth-service down too: the owner is the one posts-service remembers, and
-    // its email, which only auth-service knows, is left out.
+    // the email the one the facade remembers (an email never changes).
     system.auth.stop().await;
     let response = facade
         .as_person(&alice, Method::GET, &format!("/posts/{post_id}"))
@@ -1056,7 +1056,10 @@ async fn a_service_that_is_down_costs_only_what_needs_it(pool: PgPool) {
     assert_eq!(response.status(), StatusCode::OK);
     let read: Value = response.json().await.unwrap();
     assert_eq!(read["Post"]["owner"]["id"], alice.id.as_str(), "{read}");
-    assert_eq!(read["Post"]["owner"].get("email"), None, "{read}");
+    assert_eq!(
+        read["Post"]["owner"]["email"], "alice@example.com",
+        "{read}"
+    );
     assert_eq!(read["votes"], Value::Null);
 
     system.posts.stop().await;
@@ -1086,4 +1089,38 @@ async fn repeated_failed_logins_get_429(pool: PgPool) {
     let detail = expect_error(login(PASSWORD).await, StatusCode::TOO_MANY_REQUESTS).await;
 
     assert!(detail.contains("try again"), "{detail}");
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn owner_emails_are_asked_of_auth_service_once_and_remembered(pool: PgPool) {
+    let (_system, facade) = spawn_facade(pool).await;
+    let alice = facade.sign_up("alice@example.com").await;
+    let post = facade
+        .create_post(&alice, json!({"title": "Title", "content": "Content"}))
+        .await;
+    let path = format!("/posts/{}", post["id"].as_str().unwrap());
+    let batch_lookups = |cost: &system_tests::telemetry::Cost| {
+        cost.rpcs
+            .get("/agora.auth.v1.UserService/BatchGetUsers")
+            .copied()
+            .unwrap_or(0)
+    };
+
+    let (read, cost) = cost_of(async {
+        let response = facade.as_person(&alice, Method::GET, &path).answer().await;
+        response.json::<Value>().await.unwrap()
+    })
+    .await;
+
+    assert_eq!(read["Post"]["owner"]["email"], "alice@example.com");
+    assert_eq!(
+        batch_lookups(&cost),
+        1,
+        "posts-service's own owner look-up only: the facade remembered the owner's \
+         email when the post was created: {cost:?}"
+    );
+    assert_eq!(
+        cost.rpcs.get("/agora.posts.v1.PostService/GetPost"),
+        Some(&1)
+    );
 }

@@ -15,7 +15,10 @@ mod posts;
 mod users;
 mod votes;
 
-use std::sync::Arc;
+use std::{
+    collections::HashMap,
+    sync::{Arc, Mutex},
+};
 
 use access_token::TokenVerifier;
 use axum::{
@@ -38,7 +41,16 @@ pub(crate) struct Facade {
     /// Whether answers show every user's email, as the course API does
     /// (`HTTP_SHOW_EMAILS`).
     show_emails: bool,
+    /// Emails of post owners seen lately, by user id. An email never changes
+    /// (`User.email` is immutable) and a deleted user's posts go with them, so a
+    /// remembered owner email is never wrong on a post; it saves a call to
+    /// auth-service per request. Bounded by [`MAX_REMEMBERED_EMAILS`].
+    owner_emails: Arc<Mutex<HashMap<String, String>>>,
 }
+
+/// Owner emails remembered at most: every author a busy facade shows, at about a
+/// hundred bytes each.
+const MAX_REMEMBERED_EMAILS: usize = 10_000;
 
 /// The facade's routes, each with and without its trailing slash, plus
 /// `/openapi.json` and `/docs`. With `show_emails`, users and post owners carry
@@ -71,6 +83,7 @@ pub fn router(upstreams: Upstreams, verifier: Arc<TokenVerifier>, show_emails: b
             upstreams,
             verifier,
             show_emails,
+            owner_emails: Arc::default(),
         })
 }
 

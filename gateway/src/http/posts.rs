@@ -86,27 +86,58 @@ impl PostOut {
 }
 
 impl Facade {
-    /// The emails of the posts' owners, by owner id, when the facade shows them.
-    /// Without auth-service the posts are still answered, their owners without
-    /// an email.
+    /// The emails of the posts' owners, by owner id, when the facade shows them:
+    /// those remembered, and the others from auth-service. Without auth-service
+    /// the posts are still answered, their unremembered owners without an email.
     async fn owner_emails(
         &self,
         bearer: &Bearer,
         posts: &[posts::Post],
     ) -> HashMap<String, String> {
-        let mut owner_ids: Vec<String> = posts.iter().map(|post| post.owner_id.clone()).collect();
-        owner_ids.sort_unstable();
-        owner_ids.dedup();
-        match self.users_with_emails(bearer, owner_ids).await {
-            Ok(users) => users
-                .into_iter()
-                .map(|user| (user.id, user.email))
-                .collect(),
-            Err(error) => {
-                tracing::warn!(detail = %error.detail, "answering posts without owner emails");
-                HashMap::new()
+        if !self.show_emails {
+            return HashMap::new();
+        }
+        let mut emails = HashMap::new();
+        let mut unknown = Vec::new();
+        {
+            let remembered = self
+                .owner_emails
+                .lock()
+                .expect("owner emails lock poisoned");
+            for post in posts {
+                match remembered.get(&post.owner_id) {
+                    Some(email) => {
+                        emails.insert(post.owner_id.clone(), email.clone());
+                    }
+                    None if !unknown.contains(&post.owner_id) => {
+                        unknown.push(post.owner_id.clone())
+                    }
+                    None => {}
+                }
             }
         }
+        if unknown.is_empty() {
+            return emails;
+        }
+        match self.users_with_emails(bearer, unknown).await {
+            Ok(users) => {
+                let mut remembered = self
+                    .owner_emails
+                    .lock()
+                    .expect("owner emails lock poisoned");
+                if remembered.len() >= super::MAX_REMEMBERED_EMAILS {
+                    remembered.clear();
+                }
+                for user in users {
+                    remembered.insert(user.id.clone(), user.email.clone());
+                    emails.insert(user.id, user.email);
+                }
+            }
+            Err(error) => {
+                tracing::warn!(detail = %error.detail, "answering posts without some owner emails");
+            }
+        }
+        emails
     }
 
     /// One post in the course's shape.
