@@ -121,6 +121,29 @@ fn channel(service: &Running) -> Channel {
         .connect_lazy()
 }
 
+/// A system with Alice signed up and a published post of hers: where most tests
+/// of posts and likes begin.
+pub async fn spawn_with_post(pool: PgPool) -> (System, Person, posts::Post) {
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let post = system
+        .create_post(&alice, "Hello", "The first post", None)
+        .await
+        .expect("the post is created");
+    (system, alice, post)
+}
+
+/// [`spawn_with_post`], and Bob, who likes the post.
+pub async fn spawn_with_liked_post(pool: PgPool) -> (System, Person, Person, posts::Post) {
+    let (system, alice, post) = spawn_with_post(pool).await;
+    let bob = system.sign_up("bob@example.com").await;
+    system
+        .vote(&bob, &post.id, VoteDirection::Add)
+        .await
+        .expect("bob likes the post");
+    (system, alice, bob, post)
+}
+
 /// `message` with the person's token as `authorization` metadata.
 pub fn as_person<T>(person: &Person, message: T) -> Request<T> {
     let mut request = Request::new(message);

@@ -13,7 +13,7 @@ use agora_proto::{
 };
 use sqlx::PgPool;
 use system_tests::{
-    System, as_person, assert_reason, spawn_system,
+    System, as_person, assert_reason, spawn_system, spawn_with_liked_post,
     telemetry::{cost_of, cost_so_far},
 };
 use tonic::Request;
@@ -27,17 +27,7 @@ async fn stored_posts(system: &System) -> i64 {
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn without_votes_service_posts_are_answered_with_like_counts_unknown(pool: PgPool) {
-    let system = spawn_system(pool).await;
-    let alice = system.sign_up("alice@example.com").await;
-    let bob = system.sign_up("bob@example.com").await;
-    let post = system
-        .create_post(&alice, "Hello", "World", None)
-        .await
-        .unwrap();
-    system
-        .vote(&bob, &post.id, VoteDirection::Add)
-        .await
-        .unwrap();
+    let (system, alice, bob, post) = spawn_with_liked_post(pool).await;
     let System {
         votes,
         post_client,

@@ -11,7 +11,8 @@ use agora_proto::{
 use prost_types::FieldMask;
 use sqlx::PgPool;
 use system_tests::{
-    Person, System, as_person, assert_bad_request, assert_reason, spawn_system, telemetry::cost_of,
+    Person, System, as_person, assert_bad_request, assert_reason, spawn_system,
+    spawn_with_liked_post, telemetry::cost_of,
 };
 use tonic::Code;
 use uuid::Uuid;
@@ -153,17 +154,7 @@ async fn create_post_rejects_bad_fields(pool: PgPool) {
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn get_post_shows_owner_likes_and_the_callers_like(pool: PgPool) {
-    let system = spawn_system(pool).await;
-    let alice = system.sign_up("alice@example.com").await;
-    let bob = system.sign_up("bob@example.com").await;
-    let post = system
-        .create_post(&alice, "Hello", "World", None)
-        .await
-        .unwrap();
-    system
-        .vote(&bob, &post.id, VoteDirection::Add)
-        .await
-        .unwrap();
+    let (system, alice, bob, post) = spawn_with_liked_post(pool).await;
 
     let seen_by_bob = system.get_post(&bob, &post.id).await.unwrap();
     let seen_by_alice = system.get_post(&alice, &post.id).await.unwrap();
@@ -890,17 +881,7 @@ async fn only_the_owner_may_change_or_delete_a_post(pool: PgPool) {
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn deleting_a_post_takes_its_likes_with_it(pool: PgPool) {
-    let system = spawn_system(pool).await;
-    let alice = system.sign_up("alice@example.com").await;
-    let bob = system.sign_up("bob@example.com").await;
-    let post = system
-        .create_post(&alice, "Hello", "World", None)
-        .await
-        .unwrap();
-    system
-        .vote(&bob, &post.id, VoteDirection::Add)
-        .await
-        .unwrap();
+    let (system, alice, _bob, post) = spawn_with_liked_post(pool).await;
 
     system.delete_post(&alice, &post.id).await.unwrap();
 

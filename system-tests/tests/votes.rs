@@ -4,25 +4,15 @@
 
 use agora_proto::{
     errors::ErrorReason,
-    posts::v1 as posts,
     votes::v1::{CountVotesRequest, PostVotes, VoteDirection, VoteRequest},
 };
 use futures::future::join_all;
 use sqlx::PgPool;
-use system_tests::{Person, System, as_person, assert_bad_request, assert_reason, spawn_system};
+use system_tests::{
+    Person, System, as_person, assert_bad_request, assert_reason, spawn_system, spawn_with_post,
+};
 use tonic::{Code, Request, Status};
 use uuid::Uuid;
-
-/// A system with Alice signed up and a published post of hers.
-async fn system_with_post(pool: PgPool) -> (System, Person, posts::Post) {
-    let system = spawn_system(pool).await;
-    let alice = system.sign_up("alice@example.com").await;
-    let post = system
-        .create_post(&alice, "Hello", "The first post", None)
-        .await
-        .expect("the post is created");
-    (system, alice, post)
-}
 
 /// All rows of `votes.votes`, whatever the post.
 async fn all_stored_likes(system: &System) -> i64 {
@@ -64,7 +54,7 @@ fn with_token<T>(token: &str, message: T) -> Request<T> {
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn a_like_is_counted_and_shown_to_the_liker_only(pool: PgPool) {
-    let (system, alice, post) = system_with_post(pool).await;
+    let (system, alice, post) = spawn_with_post(pool).await;
     let bob = system.sign_up("bob@example.com").await;
     let carol = system.sign_up("carol@example.com").await;
 
@@ -111,7 +101,7 @@ async fn a_like_is_counted_and_shown_to_the_liker_only(pool: PgPool) {
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn liking_a_post_twice_is_already_exists_and_keeps_one_row(pool: PgPool) {
-    let (system, _alice, post) = system_with_post(pool).await;
+    let (system, _alice, post) = spawn_with_post(pool).await;
     let bob = system.sign_up("bob@example.com").await;
     system
         .vote(&bob, &post.id, VoteDirection::Add)
@@ -129,7 +119,7 @@ async fn liking_a_post_twice_is_already_exists_and_keeps_one_row(pool: PgPool) {
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn removing_a_like_deletes_its_row_and_removing_it_again_is_not_found(pool: PgPool) {
-    let (system, alice, post) = system_with_post(pool).await;
+    let (system, alice, post) = spawn_with_post(pool).await;
     let bob = system.sign_up("bob@example.com").await;
     system
         .vote(&bob, &post.id, VoteDirection::Add)
@@ -180,7 +170,7 @@ async fn removing_a_like_deletes_its_row_and_removing_it_again_is_not_found(pool
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn removing_a_like_never_given_is_not_found(pool: PgPool) {
-    let (system, _alice, post) = system_with_post(pool).await;
+    let (system, _alice, post) = spawn_with_post(pool).await;
     let bob = system.sign_up("bob@example.com").await;
 
     let status = system
@@ -194,7 +184,7 @@ async fn removing_a_like_never_given_is_not_found(pool: PgPool) {
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn voting_on_an_unknown_post_is_not_found(pool: PgPool) {
-    let (system, alice, _post) = system_with_post(pool).await;
+    let (system, alice, _post) = spawn_with_post(pool).await;
     let unknown = Uuid::now_v7().to_string();
 
     for (case, direction) in [
@@ -209,7 +199,7 @@ async fn voting_on_an_unknown_post_is_not_found(pool: PgPool) {
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn vote_rejects_a_malformed_post_id_or_direction(pool: PgPool) {
-    let (system, alice, post) = system_with_post(pool).await;
+    let (system, alice, post) = spawn_with_post(pool).await;
     let add = VoteDirection::Add as i32;
     let cases: &[(&str, &str, i32, &str)] = &[
         ("malformed post id", "nope", add, "post_id"),
@@ -245,7 +235,7 @@ async fn vote_rejects_a_malformed_post_id_or_direction(pool: PgPool) {
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn a_person_may_like_their_own_post(pool: PgPool) {
-    let (system, alice, post) = system_with_post(pool).await;
+    let (system, alice, post) = spawn_with_post(pool).await;
 
     let count = system
         .vote(&alice, &post.id, VoteDirection::Add)
@@ -296,7 +286,7 @@ async fn another_persons_draft_cannot_be_liked_but_its_owner_can_like_it(pool: P
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn calls_without_a_valid_token_are_unauthenticated(pool: PgPool) {
-    let (system, _alice, post) = system_with_post(pool).await;
+    let (system, _alice, post) = spawn_with_post(pool).await;
     let add = VoteDirection::Add as i32;
     let tokens: &[(&str, Option<&str>)] = &[
         ("no token", None),
@@ -346,7 +336,7 @@ async fn calls_without_a_valid_token_are_unauthenticated(pool: PgPool) {
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn simultaneous_likes_by_one_person_give_exactly_one_like(pool: PgPool) {
-    let (system, _alice, post) = system_with_post(pool).await;
+    let (system, _alice, post) = spawn_with_post(pool).await;
     let bob = system.sign_up("bob@example.com").await;
 
     let attempts = (0..50).map(|_| system.vote(&bob, &post.id, VoteDirection::Add));
@@ -367,7 +357,7 @@ async fn simultaneous_likes_by_one_person_give_exactly_one_like(pool: PgPool) {
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn likes_racing_the_posts_deletion_succeed_or_are_not_found_and_leave_no_rows(pool: PgPool) {
-    let (system, alice, post) = system_with_post(pool).await;
+    let (system, alice, post) = spawn_with_post(pool).await;
     let emails: Vec<String> = (0..10).map(|n| format!("fan{n}@example.com")).collect();
     let fans = join_all(emails.iter().map(|email| system.sign_up(email))).await;
 
@@ -414,7 +404,7 @@ async fn likes_racing_the_posts_deletion_succeed_or_are_not_found_and_leave_no_r
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn count_votes_answers_each_distinct_id_once_for_the_caller(pool: PgPool) {
-    let (system, alice, liked_by_both) = system_with_post(pool).await;
+    let (system, alice, liked_by_both) = spawn_with_post(pool).await;
     let bob = system.sign_up("bob@example.com").await;
     let liked_by_bob = system
         .create_post(&alice, "Second", "Another post", None)
@@ -497,7 +487,7 @@ async fn count_votes_answers_each_distinct_id_once_for_the_caller(pool: PgPool) 
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn count_votes_needs_at_least_one_id(pool: PgPool) {
-    let (system, alice, _post) = system_with_post(pool).await;
+    let (system, alice, _post) = spawn_with_post(pool).await;
 
     let status = system
         .vote_client
@@ -511,7 +501,7 @@ async fn count_votes_needs_at_least_one_id(pool: PgPool) {
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn count_votes_takes_100_ids_and_rejects_101_or_a_malformed_id(pool: PgPool) {
-    let (system, alice, post) = system_with_post(pool).await;
+    let (system, alice, post) = spawn_with_post(pool).await;
     let ids = |n: usize| -> Vec<String> { (0..n).map(|_| Uuid::now_v7().to_string()).collect() };
 
     let hundred = system
@@ -552,7 +542,7 @@ async fn count_votes_takes_100_ids_and_rejects_101_or_a_malformed_id(pool: PgPoo
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn deleting_a_post_deletes_its_likes_and_no_others(pool: PgPool) {
-    let (system, alice, post) = system_with_post(pool).await;
+    let (system, alice, post) = spawn_with_post(pool).await;
     let bob = system.sign_up("bob@example.com").await;
     let other = system
         .create_post(&alice, "Kept", "This one stays", None)
