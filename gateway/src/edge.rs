@@ -16,6 +16,7 @@ use access_token::{PublicMethods, RequireTokenLayer, TokenVerifier};
 use agora_proto::{RPCS, Rpc, errors::ErrorReason};
 use http::{HeaderName, HeaderValue};
 use prost_types::FileDescriptorSet;
+use service_kit::hop::Hop;
 use service_kit::retry::jitter;
 use service_kit::{
     RpcLogLayer, ServerLimits, client::Upstream, configured_server, health::HealthFollower,
@@ -23,7 +24,7 @@ use service_kit::{
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tonic::{Status, service::Routes, transport::Channel};
+use tonic::{Status, service::Routes};
 use tower::{Service, ServiceExt, limit::GlobalConcurrencyLimitLayer};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
@@ -109,7 +110,7 @@ impl Edge {
         for rpc in public_rpcs() {
             let owner = Owner::of(rpc);
             let forward = Forward {
-                channel: self.upstreams.upstream(owner).channel(),
+                channel: self.upstreams.upstream(owner).hop(),
                 upstream: owner.name(),
                 read_only: rpc.read_only,
                 max_message_bytes: self.limits.max_message_bytes,
@@ -218,7 +219,7 @@ fn cors(allowed_origins: &[String]) -> CorsLayer {
 /// away) is sent once more, after a short random pause; a write never is.
 #[derive(Clone)]
 struct Forward {
-    channel: Channel,
+    channel: Hop,
     upstream: &'static str,
     read_only: bool,
     /// The largest request a read is held in memory for, to be sent again.
@@ -243,7 +244,7 @@ impl Service<http::Request<axum::body::Body>> for Forward {
             }
             let request = request.map(tonic::body::Body::new);
             let outcome = forward.channel.clone().oneshot(request).await;
-            Ok(outcome.unwrap_or_else(|error| forward.unanswered(&error)))
+            Ok(outcome.unwrap_or_else(|error| forward.unanswered(&*error)))
         })
     }
 }
@@ -274,7 +275,7 @@ impl Forward {
             request
         };
         let outcome = match self.channel.clone().oneshot(copy()).await {
-            Err(error) if !is_timeout(&error) => {
+            Err(error) if !is_timeout(&*error) => {
                 tracing::info!(upstream = self.upstream, %error, "upstream did not answer a read; sending it once more");
                 tokio::time::sleep(jitter(Duration::from_millis(10), Duration::from_millis(50)))
                     .await;
@@ -282,7 +283,7 @@ impl Forward {
             }
             outcome => outcome,
         };
-        outcome.unwrap_or_else(|error| self.unanswered(&error))
+        outcome.unwrap_or_else(|error| self.unanswered(&*error))
     }
 
     /// The answer to a call the upstream never answered.

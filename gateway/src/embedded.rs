@@ -1,8 +1,10 @@
 //! The three services wired to each other: auth-service first, then votes-service
 //! (which verifies tokens with auth-service's keys), then posts-service (which asks
 //! both). The all-in-one mode runs them in the gateway's own process, each on a
-//! loopback port of its own, so the gateway talks to them exactly as it would to
-//! remote ones; the system tests wire them the same way.
+//! loopback port of its own and configured with the others' URLs as remote ones
+//! would be; calls between them, and from the gateway, are then made in-process
+//! (`service_kit::hop`), through the same token checks, limits and deadlines. The
+//! system tests wire them the same way.
 
 use std::net::SocketAddr;
 

@@ -42,6 +42,21 @@ pub enum StartupError {
     },
 }
 
+/// The `gateway` binary: reads the configuration from flags and environment, then
+/// serves until a shutdown signal (or answers `--health-check`).
+pub async fn main() -> std::process::ExitCode {
+    use clap::Parser as _;
+    let config = Config::parse();
+    service_kit::telemetry::init(config.common.log_format);
+    service_kit::serve_or_check(
+        "gateway",
+        config.grpc_listen,
+        config.common.health_check,
+        build(&config),
+    )
+    .await
+}
+
 /// A bound gateway, not yet serving.
 pub struct Gateway {
     grpc: TcpListener,

@@ -7,7 +7,7 @@ use agora_proto::{
     votes::v1::vote_service_client::VoteServiceClient,
 };
 use service_kit::client::{AddressError, Upstream};
-use tonic::transport::Channel;
+use service_kit::hop::Hop;
 
 /// Where each upstream service listens: each a URL, a comma-separated list of
 /// them, or a URL whose host is a DNS name (see `service_kit::client`).
@@ -40,20 +40,20 @@ impl Upstreams {
         })
     }
 
-    pub fn users(&self) -> UserServiceClient<Channel> {
-        UserServiceClient::new(self.auth.channel())
+    pub fn users(&self) -> UserServiceClient<Hop> {
+        UserServiceClient::new(self.auth.hop())
     }
 
-    pub fn auth(&self) -> AuthServiceClient<Channel> {
-        AuthServiceClient::new(self.auth.channel())
+    pub fn auth(&self) -> AuthServiceClient<Hop> {
+        AuthServiceClient::new(self.auth.hop())
     }
 
-    pub fn posts(&self) -> PostServiceClient<Channel> {
-        PostServiceClient::new(self.posts.channel())
+    pub fn posts(&self) -> PostServiceClient<Hop> {
+        PostServiceClient::new(self.posts.hop())
     }
 
-    pub fn votes(&self) -> VoteServiceClient<Channel> {
-        VoteServiceClient::new(self.votes.channel())
+    pub fn votes(&self) -> VoteServiceClient<Hop> {
+        VoteServiceClient::new(self.votes.hop())
     }
 }
 

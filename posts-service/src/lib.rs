@@ -42,7 +42,7 @@ impl ServiceConfig for Config {
         let verifier = Arc::new(self.token_keys.verifier()?);
         let channel = |what: &str, url: &str| {
             upstream(url)
-                .map(|replicas| replicas.channel())
+                .map(|replicas| replicas.hop())
                 .map_err(|error| StartupError::Config(format!("{what}: {error}")))
         };
         let neighbours = neighbours::Neighbours {

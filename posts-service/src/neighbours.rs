@@ -17,12 +17,13 @@ use agora_proto::{
     posts::v1 as proto,
     votes::v1::{CountVotesRequest, PostVotes, vote_service_client::VoteServiceClient},
 };
+use service_kit::hop::Hop;
 use service_kit::{
     deadline::Deadline,
     fields::{distinct, timestamp},
     retry::read_once_more_if_unavailable,
 };
-use tonic::{Request, Response, Status, metadata::AsciiMetadataValue, transport::Channel};
+use tonic::{Request, Response, Status, metadata::AsciiMetadataValue};
 use uuid::Uuid;
 
 use crate::posts::PostRow;
@@ -34,8 +35,8 @@ const MAX_REMEMBERED_OWNERS: usize = 10_000;
 /// The services posts-service asks about each page.
 #[derive(Clone)]
 pub struct Neighbours {
-    pub users: UserServiceClient<Channel>,
-    pub votes: VoteServiceClient<Channel>,
+    pub users: UserServiceClient<Hop>,
+    pub votes: VoteServiceClient<Hop>,
     /// Profiles of owners seen lately. A profile (id and registration time) never
     /// changes, and a deleted user's posts go with them, so a remembered profile
     /// is never wrong: it stands in when auth-service cannot answer.

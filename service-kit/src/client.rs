@@ -18,9 +18,11 @@ use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
     net::{IpAddr, SocketAddr},
     str::FromStr,
+    sync::Arc,
     time::Duration,
 };
 
+use crate::hop::{Hop, LocalServer};
 use http::Uri;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::{
@@ -36,7 +38,7 @@ use tonic_health::pb::{
 /// Giving up on an unreachable service quickly turns into UNAVAILABLE, not a hang.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// A call to another service that has not answered by then fails.
-const CALL_TIMEOUT: Duration = Duration::from_secs(10);
+pub(crate) const CALL_TIMEOUT: Duration = Duration::from_secs(10);
 /// How often DNS names are looked up again, so replicas that come and go are
 /// followed.
 const RESOLVE_INTERVAL: Duration = Duration::from_secs(5);
@@ -69,7 +71,9 @@ pub fn lazy_channel(url: &str) -> Result<Channel, tonic::transport::Error> {
 /// service may start later; it must be made inside a Tokio runtime.
 pub fn upstream(setting: &str) -> Result<Upstream, AddressError> {
     let address: UpstreamAddress = setting.parse()?;
-    Ok(Upstream::follow(address))
+    let mut upstream = Upstream::follow(address);
+    upstream.local = crate::hop::find(setting.trim());
+    Ok(upstream)
 }
 
 /// The replicas of one service behind one channel. Cloning is cheap and shares
@@ -78,10 +82,18 @@ pub fn upstream(setting: &str) -> Result<Upstream, AddressError> {
 pub struct Upstream {
     channel: Channel,
     health: watch::Receiver<ReplicaHealth>,
+    /// The service's server, when it runs in this process.
+    local: Option<Arc<LocalServer>>,
 }
 
 impl Upstream {
-    /// The balanced channel, for generated clients.
+    /// The transport for generated clients: in-process when the service's server
+    /// runs in this process and serves, the balanced channel otherwise.
+    pub fn hop(&self) -> Hop {
+        Hop::new(self.channel.clone(), self.local.clone())
+    }
+
+    /// The balanced channel, for calls that must cross the network (health).
     pub fn channel(&self) -> Channel {
         self.channel.clone()
     }
@@ -126,6 +138,7 @@ impl Upstream {
         Self {
             channel,
             health: health_receiver,
+            local: None,
         }
     }
 }

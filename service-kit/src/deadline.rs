@@ -41,6 +41,12 @@ impl Deadline {
             .is_some_and(|deadline| Instant::now() + SLACK >= deadline)
     }
 
+    /// How long until the deadline, if there is one.
+    pub fn remaining(&self) -> Option<Duration> {
+        self.0
+            .map(|deadline| deadline.saturating_duration_since(Instant::now()))
+    }
+
     /// No deadline: the per-hop default applies.
     pub fn none() -> Self {
         Self(None)

@@ -11,6 +11,7 @@ pub mod deadline;
 pub mod error;
 pub mod fields;
 pub mod health;
+pub mod hop;
 pub mod request_ids;
 pub mod retry;
 pub mod server;

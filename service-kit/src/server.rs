@@ -10,13 +10,18 @@ use access_token::{PublicMethods, RequireTokenLayer, TokenVerifier};
 use prost_types::FileDescriptorSet;
 use sqlx::PgPool;
 use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
 use tonic::{
     service::Routes,
     transport::{Server, server::TcpIncoming},
 };
-use tower::limit::GlobalConcurrencyLimitLayer;
+use tower::{Layer as _, limit::GlobalConcurrencyLimitLayer};
 
-use crate::{RpcLogLayer, ServerLimits, health::HealthFollower};
+use crate::{
+    RpcLogLayer, ServerLimits,
+    health::HealthFollower,
+    hop::{self, LocalEntry},
+};
 
 /// What one server offers: its gRPC services and what they depend on.
 pub struct ServedApi {
@@ -65,6 +70,10 @@ pub struct GrpcServer {
     listener: TcpListener,
     limits: ServerLimits,
     api: ServedApi,
+    /// Shared by calls over the network and from this process.
+    permits: Arc<Semaphore>,
+    /// Tells this process's callers when to reach the server in-process.
+    local: LocalEntry,
 }
 
 impl GrpcServer {
@@ -77,10 +86,22 @@ impl GrpcServer {
         let listener = TcpListener::bind(address)
             .await
             .map_err(|source| BindError { address, source })?;
+        let bound = listener
+            .local_addr()
+            .map_err(|source| BindError { address, source })?;
+        let permits = Arc::new(Semaphore::new(limits.concurrency_limit));
+        let local = hop::register(
+            format!("http://{bound}"),
+            api.token_layer.layer(api.routes.clone()),
+            permits.clone(),
+            limits.request_timeout(),
+        );
         Ok(Self {
             listener,
             limits,
             api,
+            permits,
+            local,
         })
     }
 
@@ -105,7 +126,15 @@ impl GrpcServer {
             listener,
             limits,
             api,
+            permits,
+            local,
         } = self;
+        // In-process calls go where network ones can: nowhere once stopping.
+        local.set_serving(true);
+        let shutdown = async move {
+            shutdown.await;
+            drop(local);
+        };
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         // The first probe comes before serving, so health never says "unknown service".
         // The whole server ("") and each service follow the database.
@@ -131,7 +160,7 @@ impl GrpcServer {
         let serve = |shutdown| {
             configured_server(&limits)
                 .layer(RpcLogLayer::hop(limits.request_timeout()))
-                .layer(GlobalConcurrencyLimitLayer::new(limits.concurrency_limit))
+                .layer(GlobalConcurrencyLimitLayer::with_semaphore(permits))
                 .layer(api.token_layer)
                 .add_routes(routes)
                 .serve_with_incoming_shutdown(incoming(listener), shutdown)

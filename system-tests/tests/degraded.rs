@@ -6,7 +6,6 @@
 use std::time::Duration;
 
 use agora_proto::{
-    auth::v1::LoginRequest,
     errors::ErrorReason,
     posts::v1::{GetPostRequest, ListPostsRequest},
     votes::v1::VoteDirection,
@@ -16,7 +15,6 @@ use system_tests::{
     System, as_person, assert_reason, spawn_system, spawn_with_liked_post,
     telemetry::{cost_of, cost_so_far},
 };
-use tonic::Request;
 
 async fn stored_posts(system: &System) -> i64 {
     sqlx::query_scalar("select count(*) from posts.posts")
@@ -183,7 +181,7 @@ async fn a_token_whose_account_was_deleted_likes_nothing(pool: PgPool) {
     assert_eq!(stored_posts(&system).await, 1);
 }
 
-const LOGIN: &str = "/agora.auth.v1.AuthService/Login";
+const CREATE_POST: &str = "/agora.posts.v1.PostService/CreatePost";
 
 /// Waits, boundedly, until the services have logged `code` as a call's ending.
 async fn until_logged(code: &str) -> bool {
@@ -199,35 +197,52 @@ async fn until_logged(code: &str) -> bool {
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
 async fn calls_ended_unanswered_are_logged_as_deadline_exceeded_or_cancelled(pool: PgPool) {
     let system = spawn_system(pool).await;
-    system.sign_up("alice@example.com").await;
-    let login = || LoginRequest {
-        email: "alice@example.com".to_owned(),
-        password: "a wrong password".to_owned(),
+    let alice = system.sign_up("alice@example.com").await;
+    let create = || {
+        as_person(
+            &alice,
+            agora_proto::posts::v1::CreatePostRequest {
+                post: Some(agora_proto::posts::v1::Post {
+                    title: "Held up".to_owned(),
+                    content: "Waits for the table".to_owned(),
+                    ..Default::default()
+                }),
+                request_id: String::new(),
+            },
+        )
     };
+    // Every new post waits while the table is locked (for less than the
+    // service's lock timeout), so these calls end unanswered.
+    let mut lock = system.pool.begin().await.unwrap();
+    sqlx::query("lock table posts.posts in exclusive mode")
+        .execute(&mut *lock)
+        .await
+        .unwrap();
 
     let (_, cost) = cost_of(async {
-        // A login hashes for far longer than a millisecond.
-        let mut hurried = Request::new(login());
-        hurried.set_timeout(Duration::from_millis(1));
-        let _ = system.auth_client.clone().login(hurried).await;
+        let mut hurried = create();
+        hurried.set_timeout(Duration::from_millis(50));
+        let _ = system.post_client.clone().create_post(hurried).await;
         assert!(until_logged("4").await, "DEADLINE_EXCEEDED logged");
 
         // The client gives up, once the server has taken the call, and resets
         // the stream.
-        let mut client = system.auth_client.clone();
-        let abandoned = tokio::spawn(async move { client.login(login()).await });
-        let logins = || cost_so_far().rpcs.get(LOGIN).copied().unwrap_or(0);
+        let mut client = system.post_client.clone();
+        let request = create();
+        let abandoned = tokio::spawn(async move { client.create_post(request).await });
+        let creates = || cost_so_far().rpcs.get(CREATE_POST).copied().unwrap_or(0);
         for _ in 0..500 {
-            if logins() == 2 {
+            if creates() == 2 {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
-        assert_eq!(logins(), 2, "the server took the second login");
+        assert_eq!(creates(), 2, "the server took the second call");
         abandoned.abort();
         assert!(until_logged("1").await, "CANCELLED logged");
     })
     .await;
+    lock.rollback().await.unwrap();
 
     for internal_or_unknown in ["13", "2"] {
         assert!(

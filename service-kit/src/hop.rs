@@ -1,0 +1,223 @@
+//! How a client reaches another service: over HTTP/2, or, when that service's
+//! server runs in this very process (the gateway's all-in-one mode, the system
+//! tests), by calling its routes directly.
+//!
+//! A call within the process skips everything the network adds (HTTP/2 framing,
+//! loopback TCP, a task per request on the server side) and nothing the service
+//! does: the call still passes the server's token check, its concurrency limit,
+//! its deadline and its log line, exactly as one that came over the wire. While
+//! that server is not serving (not started yet, shutting down, stopped), calls go
+//! over the network as before, so a stopped service is as unreachable in-process
+//! as it is remotely.
+
+use std::{
+    collections::HashMap,
+    future::Future,
+    pin::Pin,
+    sync::{Arc, LazyLock, Mutex},
+    task::{Context, Poll},
+    time::Duration,
+};
+
+use access_token::RequireTokenService;
+use tokio::sync::{Semaphore, watch};
+use tonic::{body::Body, service::Routes, transport::Channel};
+use tower::{Service, ServiceExt};
+
+use crate::{RpcLogLayer, calls::RpcLog, deadline::Deadline};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// A call the network would also give up on after this long (as the channels do).
+const CALL_TIMEOUT: Duration = crate::client::CALL_TIMEOUT;
+
+/// The transport of every generated client talking to another Agora service.
+#[derive(Clone)]
+pub struct Hop {
+    channel: Channel,
+    local: Option<Arc<LocalServer>>,
+}
+
+impl Hop {
+    /// Over `channel`, or in-process while `local` serves.
+    pub(crate) fn new(channel: Channel, local: Option<Arc<LocalServer>>) -> Self {
+        Self { channel, local }
+    }
+}
+
+impl Service<http::Request<Body>> for Hop {
+    type Response = http::Response<Body>;
+    type Error = BoxError;
+    type Future = Pin<Box<dyn Future<Output = Result<Self::Response, BoxError>> + Send>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), BoxError>> {
+        // Either path is made ready per call, below.
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
+        match &self.local {
+            Some(local) if local.is_serving() => Box::pin(local.clone().call(request)),
+            _ => {
+                let channel = self.channel.clone();
+                Box::pin(async move { channel.oneshot(request).await.map_err(Into::into) })
+            }
+        }
+    }
+}
+
+/// A server of this process, as its in-process callers reach it: the same layers
+/// as its network side, sharing its concurrency limit.
+pub(crate) struct LocalServer {
+    routes: RpcLog<RequireTokenService<Routes>>,
+    permits: Arc<Semaphore>,
+    request_timeout: Duration,
+    serving: watch::Receiver<bool>,
+}
+
+impl LocalServer {
+    fn is_serving(&self) -> bool {
+        *self.serving.borrow()
+    }
+
+    async fn call(
+        self: Arc<Self>,
+        mut request: http::Request<Body>,
+    ) -> Result<http::Response<Body>, BoxError> {
+        // Only headers and body cross to another server; what the caller's own
+        // layers attached (its verified caller, say) must not.
+        request.extensions_mut().clear();
+        // The caller's deadline, the server's own limit and the client's: the
+        // first to pass ends the call, as over the network.
+        let timeout = request
+            .headers()
+            .get("grpc-timeout")
+            .and_then(|value| value.to_str().ok());
+        let limit = self.request_timeout.min(CALL_TIMEOUT);
+        let deadline = Deadline::from_grpc_timeout(timeout, Some(limit));
+        let call = async {
+            let _permit = self.permits.acquire().await?;
+            Ok::<_, BoxError>(self.routes.clone().oneshot(request).await?)
+        };
+        let remaining = deadline.remaining().unwrap_or(limit);
+        match tokio::time::timeout(remaining, call).await {
+            Ok(answer) => answer,
+            Err(_) => Err(tonic::TimeoutExpired(()).into()),
+        }
+    }
+}
+
+/// What a server hands its in-process callers, and tells them when it serves.
+pub(crate) struct LocalEntry {
+    serving: watch::Sender<bool>,
+}
+
+impl LocalEntry {
+    pub(crate) fn set_serving(&self, serving: bool) {
+        self.serving.send_replace(serving);
+    }
+}
+
+impl Drop for LocalEntry {
+    /// A server that stops (or is never run) is reached over the network, which
+    /// answers for it as a stopped server does.
+    fn drop(&mut self) {
+        self.set_serving(false);
+    }
+}
+
+/// The servers of this process, by the URL their clients are configured with.
+static LOCAL_SERVERS: LazyLock<Mutex<HashMap<String, Arc<LocalServer>>>> =
+    LazyLock::new(Default::default);
+
+/// Makes the server bound at `url` reachable in-process (once it says it serves).
+/// A server bound later at the same address takes the entry over.
+pub(crate) fn register(
+    url: String,
+    routes: RequireTokenService<Routes>,
+    permits: Arc<Semaphore>,
+    request_timeout: Duration,
+) -> LocalEntry {
+    let (serving, receiver) = watch::channel(false);
+    let server = LocalServer {
+        routes: tower::Layer::layer(&RpcLogLayer::hop(request_timeout), routes),
+        permits,
+        request_timeout,
+        serving: receiver,
+    };
+    local_servers().insert(url, Arc::new(server));
+    LocalEntry { serving }
+}
+
+/// The server of this process bound at `url`, if there is one.
+pub(crate) fn find(url: &str) -> Option<Arc<LocalServer>> {
+    local_servers().get(url).cloned()
+}
+
+fn local_servers() -> std::sync::MutexGuard<'static, HashMap<String, Arc<LocalServer>>> {
+    // A panic while holding the map leaves it intact: a plain insert or read.
+    LOCAL_SERVERS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[cfg(test)]
+mod tests {
+    use access_token::{PublicMethods, RequireTokenLayer, StaticKeys, TokenVerifier};
+    use tonic::Code;
+    use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
+    use tower::Layer as _;
+
+    use super::*;
+
+    /// A server of this process at `url`, with only health, and the token check
+    /// that `public` allows.
+    fn local_health_server(url: &str, public: PublicMethods) -> LocalEntry {
+        let (_, health) = tonic_health::server::health_reporter();
+        let verifier = Arc::new(TokenVerifier::new(StaticKeys(jsonwebtoken::jwk::JwkSet {
+            keys: Vec::new(),
+        })));
+        let routes = RequireTokenLayer::new(verifier, public).layer(Routes::new(health));
+        register(
+            url.to_owned(),
+            routes,
+            Arc::new(Semaphore::new(8)),
+            Duration::from_secs(5),
+        )
+    }
+
+    async fn check(url: &str) -> Result<(), tonic::Status> {
+        // Nothing listens on the channel's port: only an in-process call answers.
+        let channel = crate::client::lazy_channel("http://127.0.0.1:1").unwrap();
+        let mut client = HealthClient::new(Hop::new(channel, find(url)));
+        client.check(HealthCheckRequest::default()).await.map(drop)
+    }
+
+    #[tokio::test]
+    async fn a_serving_server_of_this_process_is_called_in_process_and_a_stopped_one_is_not() {
+        let url = "http://in-process.test:1";
+        let entry = local_health_server(url, PublicMethods::infrastructure());
+        let before_serving = check(url).await.unwrap_err();
+        assert_eq!(
+            before_serving.code(),
+            Code::Unavailable,
+            "{before_serving:?}"
+        );
+
+        entry.set_serving(true);
+        check(url).await.expect("answered in-process");
+
+        drop(entry);
+        let stopped = check(url).await.unwrap_err();
+        assert_eq!(stopped.code(), Code::Unavailable, "{stopped:?}");
+    }
+
+    #[tokio::test]
+    async fn an_in_process_call_passes_the_servers_token_check() {
+        let url = "http://in-process-guarded.test:1";
+        let entry = local_health_server(url, PublicMethods::default());
+        entry.set_serving(true);
+        let refused = check(url).await.unwrap_err();
+        assert_eq!(refused.code(), Code::Unauthenticated, "{refused:?}");
+    }
+}
