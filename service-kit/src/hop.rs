@@ -14,7 +14,7 @@ use std::{
     collections::HashMap,
     future::Future,
     pin::Pin,
-    sync::{Arc, LazyLock, Mutex},
+    sync::{Arc, LazyLock, Mutex, Weak},
     task::{Context, Poll},
     time::Duration,
 };
@@ -107,8 +107,12 @@ impl LocalServer {
     }
 }
 
-/// What a server hands its in-process callers, and tells them when it serves.
+/// A server's place in this process's registry, kept while the server lives: it
+/// tells in-process callers when the server serves, and leaves the registry when
+/// dropped.
 pub(crate) struct LocalEntry {
+    url: String,
+    server: Arc<LocalServer>,
     serving: watch::Sender<bool>,
 }
 
@@ -123,11 +127,20 @@ impl Drop for LocalEntry {
     /// answers for it as a stopped server does.
     fn drop(&mut self) {
         self.set_serving(false);
+        let mut servers = local_servers();
+        let ours = servers
+            .get(&self.url)
+            .is_some_and(|server| std::ptr::eq(server.as_ptr(), Arc::as_ptr(&self.server)));
+        if ours {
+            servers.remove(&self.url);
+        }
     }
 }
 
 /// The servers of this process, by the URL their clients are configured with.
-static LOCAL_SERVERS: LazyLock<Mutex<HashMap<String, Arc<LocalServer>>>> =
+/// Weak, so that a server which has stopped, and its database pool, go away with
+/// their last caller.
+static LOCAL_SERVERS: LazyLock<Mutex<HashMap<String, Weak<LocalServer>>>> =
     LazyLock::new(Default::default);
 
 /// Makes the server bound at `url` reachable in-process (once it says it serves).
@@ -139,22 +152,26 @@ pub(crate) fn register(
     request_timeout: Duration,
 ) -> LocalEntry {
     let (serving, receiver) = watch::channel(false);
-    let server = LocalServer {
+    let server = Arc::new(LocalServer {
         routes: tower::Layer::layer(&RpcLogLayer::hop(request_timeout), routes),
         permits,
         request_timeout,
         serving: receiver,
-    };
-    local_servers().insert(url, Arc::new(server));
-    LocalEntry { serving }
+    });
+    local_servers().insert(url.clone(), Arc::downgrade(&server));
+    LocalEntry {
+        url,
+        server,
+        serving,
+    }
 }
 
 /// The server of this process bound at `url`, if there is one.
 pub(crate) fn find(url: &str) -> Option<Arc<LocalServer>> {
-    local_servers().get(url).cloned()
+    local_servers().get(url).and_then(Weak::upgrade)
 }
 
-fn local_servers() -> std::sync::MutexGuard<'static, HashMap<String, Arc<LocalServer>>> {
+fn local_servers() -> std::sync::MutexGuard<'static, HashMap<String, Weak<LocalServer>>> {
     // A panic while holding the map leaves it intact: a plain insert or read.
     LOCAL_SERVERS
         .lock()
