@@ -47,7 +47,7 @@ impl ErrorReason {
             R::TokenKeysUnavailable | R::DependencyUnavailable => Code::Unavailable,
             R::EmailAlreadyRegistered | R::AlreadyLiked => Code::AlreadyExists,
             R::UserNotFound | R::PostNotFound | R::NotLiked => Code::NotFound,
-            R::LoginThrottled => Code::ResourceExhausted,
+            R::LoginThrottled | R::PasswordHashingBusy => Code::ResourceExhausted,
             R::NotPostOwner => Code::PermissionDenied,
             R::EtagMismatch => Code::Aborted,
             R::DependencyTimeout => Code::DeadlineExceeded,

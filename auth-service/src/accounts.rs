@@ -4,7 +4,7 @@
 use std::{collections::HashMap, sync::Arc};
 
 use agora_proto::errors::ErrorReason;
-use service_kit::{ApiError, error::both, fields::distinct};
+use service_kit::{ApiError, deadline::Deadline, error::both, fields::distinct};
 use sqlx::{Connection as _, PgPool};
 use uuid::Uuid;
 
@@ -34,12 +34,14 @@ impl Accounts {
     /// Registers a user. With a `request_id`, only once (AIP-155): a retry within
     /// [`service_kit::request_ids::LIFETIME`] with the same email (in any letter case) and
     /// password answers the user the first request registered; the same id with
-    /// another email or password is REQUEST_ID_REUSED.
+    /// another email or password is REQUEST_ID_REUSED. Hashing is refused at once
+    /// when the hasher is too busy to finish before `deadline`.
     pub async fn register(
         &self,
         email: &str,
         password: String,
         request_id: Option<Uuid>,
+        deadline: Deadline,
     ) -> Result<User, ApiError> {
         // Validate every field before the costly hash.
         let (email, ()) = both(
@@ -48,11 +50,14 @@ impl Accounts {
         )?;
         let user = match request_id {
             None => {
-                let password_hash = self.passwords.hash(password).await?;
+                let password_hash = self.passwords.admit(deadline)?.hash(password).await?;
                 let mut conn = self.pool.acquire().await?;
                 users::insert(&mut conn, Uuid::now_v7(), &email, &password_hash).await?
             }
-            Some(request_id) => self.register_once(request_id, &email, password).await?,
+            Some(request_id) => {
+                self.register_once(request_id, &email, password, deadline)
+                    .await?
+            }
         };
         tracing::Span::current().record("user_id", tracing::field::display(user.id));
         Ok(user)
@@ -63,9 +68,14 @@ impl Accounts {
         request_id: Uuid,
         email: &Email,
         password: String,
+        deadline: Deadline,
     ) -> Result<User, ApiError> {
         // Hashed before the transaction, which then holds its locks only briefly.
-        let password_hash = self.passwords.hash(password.clone()).await?;
+        let password_hash = self
+            .passwords
+            .admit(deadline)?
+            .hash(password.clone())
+            .await?;
         let earlier = {
             let mut conn = self.pool.acquire().await?;
             // The request row comes first, so that a concurrent retry waits on its
@@ -85,6 +95,7 @@ impl Accounts {
         let same_request = earlier.same_email
             && self
                 .passwords
+                .admit(deadline)?
                 .verify(password, Some(earlier.password_hash))
                 .await?;
         if !same_request {
@@ -96,7 +107,12 @@ impl Accounts {
         Ok(earlier.user)
     }
 
-    pub async fn login(&self, email: &str, password: String) -> Result<IssuedToken, ApiError> {
+    pub async fn login(
+        &self,
+        email: &str,
+        password: String,
+        deadline: Deadline,
+    ) -> Result<IssuedToken, ApiError> {
         // Only sizes are checked: a malformed address is simply not registered.
         let (email, ()) = both(
             EMAIL.required("email", email),
@@ -113,12 +129,14 @@ impl Accounts {
                 retry_after: wait,
             });
         }
+        // A place for the hash first: a refusal then costs no query.
+        let admission = self.passwords.admit(deadline)?;
         let credentials = {
             let mut conn = self.pool.acquire().await?;
             users::find_credentials(&mut conn, email).await?
         };
         let (user_id, hash) = credentials.unzip();
-        if !self.passwords.verify(password, hash).await? {
+        if !admission.verify(password, hash).await? {
             self.throttle.record_failure(email);
             return Err(BAD_CREDENTIALS);
         }

@@ -32,9 +32,14 @@ pub struct AuthSettings {
     pub token_ttl_secs: u64,
     /// Password hashes computed at once; 0 means one per CPU core (all but one
     /// when the gateway runs the services itself). Logins beyond this wait, so
-    /// hashing never starves other calls.
+    /// hashing never starves other calls. Each keeps a 19 MiB working buffer.
     #[arg(long, env = "PASSWORD_HASHING_CONCURRENCY", default_value_t = 0)]
     pub password_hashing_concurrency: usize,
+    /// Logins and registrations that may wait for a password hash besides those
+    /// running; one more is refused at once (RESOURCE_EXHAUSTED, with a time to
+    /// retry), as is one whose deadline would pass before its turn.
+    #[arg(long, env = "PASSWORD_HASHING_QUEUE", default_value_t = 64)]
+    pub password_hashing_queue: usize,
     /// Failed logins allowed per email within the window; then its logins are
     /// refused (RESOURCE_EXHAUSTED) until the window ends. 0 turns this off.
     #[arg(long, env = "LOGIN_MAX_FAILURES", default_value_t = 10)]
@@ -50,6 +55,7 @@ impl Default for AuthSettings {
             signing_key_file: None,
             token_ttl_secs: 1800,
             password_hashing_concurrency: 0,
+            password_hashing_queue: 64,
             login_max_failures: 10,
             login_failure_window_secs: 900,
         }

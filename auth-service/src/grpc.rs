@@ -8,6 +8,7 @@ use agora_proto::auth::v1::{
 };
 use service_kit::{
     ApiError,
+    deadline::Deadline,
     fields::{parse_id, parse_ids, parse_request_id},
 };
 use tonic::{Request, Response, Status};
@@ -25,13 +26,17 @@ impl UserService for UserApi {
         &self,
         request: Request<proto::CreateUserRequest>,
     ) -> Result<Response<proto::CreateUserResponse>, Status> {
+        let deadline = Deadline::of(request.metadata());
         let proto::CreateUserRequest {
             email,
             password,
             request_id,
         } = request.into_inner();
         let request_id = parse_request_id("request_id", &request_id)?;
-        let user = self.accounts.register(&email, password, request_id).await?;
+        let user = self
+            .accounts
+            .register(&email, password, request_id, deadline)
+            .await?;
         Ok(Response::new(proto::CreateUserResponse {
             user: Some(user.into()),
         }))
@@ -80,8 +85,9 @@ impl AuthService for AuthApi {
         &self,
         request: Request<proto::LoginRequest>,
     ) -> Result<Response<proto::LoginResponse>, Status> {
+        let deadline = Deadline::of(request.metadata());
         let proto::LoginRequest { email, password } = request.into_inner();
-        let issued = self.accounts.login(&email, password).await?;
+        let issued = self.accounts.login(&email, password, deadline).await?;
         let expires_in =
             prost_types::Duration::try_from(issued.expires_in).map_err(ApiError::internal)?;
         Ok(Response::new(proto::LoginResponse {

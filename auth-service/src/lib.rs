@@ -48,10 +48,13 @@ impl ServiceConfig for Config {
         let keys = Arc::new(keys.map_err(|error| StartupError::Config(error.to_string()))?);
         // auth-service verifies with its own public keys; no network round trip.
         let verifier = Arc::new(TokenVerifier::new(StaticKeys(keys.published().clone())));
-        let passwords = password::Passwords::new(config.auth.password_hashing_concurrency)
-            .map_err(|error| {
-                StartupError::Config(format!("cannot prepare password hashing: {error}"))
-            })?;
+        let passwords = password::Passwords::new(
+            config.auth.password_hashing_concurrency,
+            config.auth.password_hashing_queue,
+        )
+        .map_err(|error| {
+            StartupError::Config(format!("cannot prepare password hashing: {error}"))
+        })?;
         let accounts = accounts::Accounts {
             pool: pool.clone(),
             passwords,

@@ -1,5 +1,6 @@
 //! auth-service through its real gRPC API, each test on a fresh migrated database.
 
+mod hashing;
 mod helpers;
 mod keys;
 mod login;
