@@ -1,138 +1,160 @@
-//! Concurrent callers for a fixed time, and what they measured.
+//! Load of two kinds, and what it measured: closed-loop (a fixed number of
+//! callers, each calling again as soon as its last call ends: throughput) and
+//! open-loop (calls started at a fixed rate whatever the answers: latency as a
+//! user sees it, queueing included).
 
 use std::{
-    fmt,
     future::Future,
+    sync::Arc,
     time::{Duration, Instant},
 };
 
-use futures::future::join_all;
 use hdrhistogram::Histogram;
+use serde::Serialize;
+use tokio::task::JoinSet;
 
-/// What one scenario measured.
-pub struct Stats {
-    pub name: String,
+/// Why a call did not succeed.
+#[derive(Debug)]
+pub enum CallError {
+    /// Turned away by admission control (RESOURCE_EXHAUSTED, HTTP 429): the
+    /// server protecting itself, not a failure.
+    Refused,
+    Failed(String),
+}
+
+/// What one run of calls measured. Only successful calls count in the rate and
+/// the latencies.
+#[derive(Debug, Clone, Serialize)]
+pub struct Summary {
     pub calls: u64,
-    pub errors: u64,
-    elapsed: Duration,
+    pub failed: u64,
+    pub refused: u64,
+    pub per_second: f64,
+    pub p50_ms: f64,
+    pub p99_ms: f64,
+    /// From the first call's start to the last call's end.
+    pub seconds: f64,
+}
+
+/// Outcomes as they come in.
+struct Tally {
     latencies_us: Histogram<u64>,
+    failed: u64,
+    refused: u64,
     first_error: Option<String>,
 }
 
-impl Stats {
-    pub fn per_second(&self) -> f64 {
-        self.calls as f64 / self.elapsed.as_secs_f64()
+impl Tally {
+    fn new() -> Self {
+        Self {
+            // 1 µs to a minute (longer counts as a minute), three significant digits.
+            latencies_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
+            failed: 0,
+            refused: 0,
+            first_error: None,
+        }
     }
 
-    pub fn median_ms(&self) -> f64 {
-        self.latencies_us.value_at_quantile(0.5) as f64 / 1000.0
+    fn record(&mut self, outcome: Result<(), CallError>, latency: Duration) {
+        match outcome {
+            Ok(()) => self
+                .latencies_us
+                .saturating_record(latency.as_micros() as u64),
+            Err(CallError::Refused) => self.refused += 1,
+            Err(CallError::Failed(error)) => {
+                self.failed += 1;
+                self.first_error.get_or_insert(error);
+            }
+        }
     }
 
-    fn p99_ms(&self) -> f64 {
-        self.latencies_us.value_at_quantile(0.99) as f64 / 1000.0
+    fn merge(&mut self, other: Tally) {
+        self.latencies_us
+            .add(&other.latencies_us)
+            .expect("histograms of the same bounds add up");
+        self.failed += other.failed;
+        self.refused += other.refused;
+        self.first_error = self.first_error.take().or(other.first_error);
+    }
+
+    /// The summary; failures are also told on stderr, with the first error.
+    fn summary(self, what: &str, elapsed: Duration) -> Summary {
+        if let Some(error) = &self.first_error {
+            eprintln!(
+                "{what}: {} calls failed, the first with: {error}",
+                self.failed
+            );
+        }
+        let quantile_ms = |q| self.latencies_us.value_at_quantile(q) as f64 / 1000.0;
+        Summary {
+            calls: self.latencies_us.len(),
+            failed: self.failed,
+            refused: self.refused,
+            per_second: self.latencies_us.len() as f64 / elapsed.as_secs_f64(),
+            p50_ms: quantile_ms(0.5),
+            p99_ms: quantile_ms(0.99),
+            seconds: elapsed.as_secs_f64(),
+        }
     }
 }
 
-/// Microseconds from 1 µs to a minute (longer ones count as a minute), to three
-/// significant digits.
-fn latency_histogram() -> Histogram<u64> {
-    Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds")
-}
-
-/// Runs `call` from `concurrency` callers, each calling again as soon as its last
-/// call ends, until `duration` has passed.
-pub async fn measure<F, Fut>(name: &str, concurrency: usize, duration: Duration, call: F) -> Stats
+/// Runs `call` from `concurrency` callers (each a task, numbered from 0), each
+/// calling again as soon as its last call ends, until `duration` has passed.
+pub async fn closed_loop<F, Fut>(
+    what: &str,
+    concurrency: usize,
+    duration: Duration,
+    call: F,
+) -> Summary
 where
-    F: Fn(usize) -> Fut,
-    Fut: Future<Output = Result<(), String>>,
+    F: Fn(usize) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Result<(), CallError>> + Send,
 {
+    let call = Arc::new(call);
     let started = Instant::now();
     let deadline = started + duration;
-    let callers = (0..concurrency).map(|caller| {
-        let call = &call;
-        async move {
-            let mut latencies = latency_histogram();
-            let (mut errors, mut first_error) = (0, None);
+    let mut callers = JoinSet::new();
+    for caller in 0..concurrency {
+        let call = call.clone();
+        callers.spawn(async move {
+            let mut tally = Tally::new();
             while Instant::now() < deadline {
                 let start = Instant::now();
-                match call(caller).await {
-                    Ok(()) => latencies.saturating_record(start.elapsed().as_micros() as u64),
-                    Err(error) => {
-                        errors += 1;
-                        first_error.get_or_insert(error);
-                    }
-                }
+                let outcome = call(caller).await;
+                tally.record(outcome, start.elapsed());
             }
-            (latencies, errors, first_error)
-        }
-    });
-    let results = join_all(callers).await;
-    let elapsed = started.elapsed();
-    let mut stats = Stats {
-        name: name.to_owned(),
-        calls: 0,
-        errors: 0,
-        elapsed,
-        latencies_us: latency_histogram(),
-        first_error: None,
-    };
-    for (latencies, errors, first_error) in results {
-        stats.calls += latencies.len();
-        stats.errors += errors;
-        stats
-            .latencies_us
-            .add(&latencies)
-            .expect("histograms of the same precision add up");
-        stats.first_error = stats.first_error.or(first_error);
+            tally
+        });
     }
-    if let Some(error) = &stats.first_error {
-        eprintln!(
-            "{name}: {} calls failed, the first with: {error}",
-            stats.errors
-        );
+    let mut total = Tally::new();
+    while let Some(tally) = callers.join_next().await {
+        total.merge(tally.expect("a caller panicked"));
     }
-    stats
+    total.summary(what, started.elapsed())
 }
 
-/// The table of scenarios and the ratios between them.
-#[derive(Default)]
-pub struct Report {
-    rows: Vec<String>,
-    ratios: Vec<(String, f64)>,
-}
-
-impl Report {
-    pub fn add(&mut self, stats: &Stats) {
-        self.rows.push(format!(
-            "{:<40} {:>8} {:>7} {:>10.0} {:>8.2} {:>8.2}",
-            stats.name,
-            stats.calls,
-            stats.errors,
-            stats.per_second(),
-            stats.median_ms(),
-            stats.p99_ms()
-        ));
+/// Starts call `n` (from 0) at `n / rate` seconds, whether or not earlier calls
+/// have answered, for `duration`. Latency counts from each call's scheduled start,
+/// so time spent queueing behind slow calls is not hidden.
+pub async fn open_loop<F, Fut>(what: &str, rate: u32, duration: Duration, call: F) -> Summary
+where
+    F: Fn(u64) -> Fut,
+    Fut: Future<Output = Result<(), CallError>> + Send + 'static,
+{
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
+    let total = (f64::from(rate) * duration.as_secs_f64()) as u64;
+    let started = tokio::time::Instant::now();
+    let mut calls = JoinSet::new();
+    for n in 0..total {
+        let scheduled = started + interval.mul_f64(n as f64);
+        tokio::time::sleep_until(scheduled).await;
+        let call = call(n);
+        calls.spawn(async move { (call.await, scheduled.elapsed()) });
     }
-
-    pub fn ratio(&mut self, what: &str, value: f64) {
-        self.ratios.push((what.to_owned(), value));
+    let mut tally = Tally::new();
+    while let Some(answer) = calls.join_next().await {
+        let (outcome, latency) = answer.expect("a call panicked");
+        tally.record(outcome, latency);
     }
-}
-
-impl fmt::Display for Report {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        writeln!(
-            f,
-            "\n{:<40} {:>8} {:>7} {:>10} {:>8} {:>8}",
-            "scenario", "calls", "errors", "calls/s", "p50 ms", "p99 ms"
-        )?;
-        for row in &self.rows {
-            writeln!(f, "{row}")?;
-        }
-        writeln!(f, "\nratios, measured in this run:")?;
-        for (what, value) in &self.ratios {
-            writeln!(f, "  {what:<58} {value:>6.2}")?;
-        }
-        Ok(())
-    }
+    tally.summary(what, started.elapsed())
 }
