@@ -8,6 +8,7 @@
 mod accounts;
 pub mod config;
 mod grpc;
+mod hashing_threads;
 mod keys;
 mod password;
 mod throttle;

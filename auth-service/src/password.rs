@@ -1,5 +1,6 @@
-//! Password hashing with argon2id (OWASP parameters: m=19 MiB, t=2, p=1), on the
-//! blocking pool, with admission control and a flat memory footprint.
+//! Password hashing with argon2id (OWASP parameters: m=19 MiB, t=2, p=1), on
+//! threads of its own at a lower priority, with admission control and a flat
+//! memory footprint.
 //!
 //! At most `concurrency` hashes run and at most `queue` more wait; a call beyond
 //! that, or one whose deadline would pass before its hash is done, is refused at
@@ -22,6 +23,8 @@ use argon2::{
     },
 };
 use service_kit::{ApiError, deadline::Deadline};
+
+use crate::hashing_threads::HashingThreads;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// The blocks of one working buffer: what a hash with our parameters needs.
@@ -37,6 +40,7 @@ pub struct Passwords(Arc<Hasher>);
 
 struct Hasher {
     concurrency: usize,
+    threads: HashingThreads,
     /// Hashes running or waiting: `concurrency` plus the queue.
     capacity: usize,
     places: Arc<Semaphore>,
@@ -60,13 +64,17 @@ pub struct Admission {
 impl Passwords {
     /// `concurrency` hashes at once (0 means one per CPU core) and at most `queue`
     /// waiting.
-    pub fn new(concurrency: usize, queue: usize) -> Result<Self, password_hash::Error> {
+    pub fn new(
+        concurrency: usize,
+        queue: usize,
+    ) -> Result<Self, Box<dyn std::error::Error + Send + Sync>> {
         let concurrency = match concurrency {
             0 => std::thread::available_parallelism().map_or(1, usize::from),
             n => n,
         };
         let mut hasher = Hasher {
             concurrency,
+            threads: HashingThreads::start(concurrency)?,
             capacity: concurrency + queue,
             places: Arc::new(Semaphore::new(concurrency + queue)),
             running: Arc::new(Semaphore::new(concurrency)),
@@ -152,15 +160,18 @@ impl Admission {
         let span = tracing::Span::current();
         // The permits go with the work: a hash whose caller has gone still runs to
         // the end, holding its buffer, so it must still count.
-        tokio::task::spawn_blocking(move || {
-            let _permits = (place, running);
-            let started = Instant::now();
-            let result = span.in_scope(|| work(&hasher));
-            hasher.record(started.elapsed());
-            result
-        })
-        .await
-        .map_err(ApiError::internal)
+        let threads = hasher.clone();
+        threads
+            .threads
+            .run(move || {
+                let _permits = (place, running);
+                let started = Instant::now();
+                let result = span.in_scope(|| work(&hasher));
+                hasher.record(started.elapsed());
+                result
+            })
+            .await
+            .ok_or_else(|| ApiError::internal("a password hash failed"))
     }
 }
 
