@@ -129,14 +129,16 @@ impl Accounts {
                 retry_after: wait,
             });
         }
-        // A place for the hash first: a refusal then costs no query.
-        let admission = self.passwords.admit(deadline)?;
+        // A place for the hash first: a refusal then costs no query. The stored
+        // hash is read in this call's turn, so a burst of logins queries one at a
+        // time, beside the reads of everyone else.
+        let turn = self.passwords.admit(deadline)?.turn().await?;
         let credentials = {
             let mut conn = self.pool.acquire().await?;
             users::find_credentials(&mut conn, email).await?
         };
         let (user_id, hash) = credentials.unzip();
-        if !admission.verify(password, hash).await? {
+        if !turn.verify(password, hash).await? {
             self.throttle.record_failure(email);
             return Err(BAD_CREDENTIALS);
         }

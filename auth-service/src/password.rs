@@ -125,6 +125,42 @@ impl Passwords {
 }
 
 impl Admission {
+    /// Waits for this call's turn to hash. Cancel-safe: a caller that gives up
+    /// while waiting frees its place.
+    pub async fn turn(self) -> Result<Turn, ApiError> {
+        let running = self
+            .hasher
+            .running
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(ApiError::internal)?;
+        Ok(Turn {
+            hasher: self.hasher,
+            permits: (self.place, running),
+        })
+    }
+
+    /// The PHC string of a fresh argon2id hash, in its turn.
+    pub async fn hash(self, password: String) -> Result<String, ApiError> {
+        self.turn().await?.hash(password).await
+    }
+
+    /// [`Turn::verify`], in its turn.
+    pub async fn verify(self, password: String, phc: Option<String>) -> Result<bool, ApiError> {
+        self.turn().await?.verify(password, phc).await
+    }
+}
+
+/// A call's turn to hash: what it needs for its hash (a stored one, say) is best
+/// fetched now, so that a burst of logins reads the database one hash at a time
+/// rather than all at once.
+pub struct Turn {
+    hasher: Arc<Hasher>,
+    permits: (OwnedSemaphorePermit, OwnedSemaphorePermit),
+}
+
+impl Turn {
     /// The PHC string of a fresh argon2id hash.
     pub async fn hash(self, password: String) -> Result<String, ApiError> {
         self.run(move |hasher| hasher.hash(password.as_bytes()))
@@ -148,15 +184,7 @@ impl Admission {
         self,
         work: impl FnOnce(&Hasher) -> T + Send + 'static,
     ) -> Result<T, ApiError> {
-        // Cancel-safe: a caller that gives up while waiting frees its place.
-        let running = self
-            .hasher
-            .running
-            .clone()
-            .acquire_owned()
-            .await
-            .map_err(ApiError::internal)?;
-        let Self { hasher, place } = self;
+        let Self { hasher, permits } = self;
         let span = tracing::Span::current();
         // The permits go with the work: a hash whose caller has gone still runs to
         // the end, holding its buffer, so it must still count.
@@ -164,7 +192,7 @@ impl Admission {
         threads
             .threads
             .run(move || {
-                let _permits = (place, running);
+                let _permits = permits;
                 let started = Instant::now();
                 let result = span.in_scope(|| work(&hasher));
                 hasher.record(started.elapsed());
