@@ -72,6 +72,19 @@ pub struct System {
     pub post_client: PostServiceClient<Channel>,
 }
 
+/// A CreatePost request for a post with these fields, and no request id.
+pub fn new_post(title: &str, content: &str, published: Option<bool>) -> posts::CreatePostRequest {
+    posts::CreatePostRequest {
+        post: Some(posts::Post {
+            title: title.to_owned(),
+            content: content.to_owned(),
+            published,
+            ..Default::default()
+        }),
+        request_id: String::new(),
+    }
+}
+
 /// A registered, logged-in person.
 #[derive(Debug, Clone)]
 pub struct Person {
@@ -222,15 +235,7 @@ impl System {
         content: &str,
         published: Option<bool>,
     ) -> Result<posts::Post, Status> {
-        let request = posts::CreatePostRequest {
-            post: Some(posts::Post {
-                title: title.to_owned(),
-                content: content.to_owned(),
-                published,
-                ..Default::default()
-            }),
-            request_id: String::new(),
-        };
+        let request = new_post(title, content, published);
         let response = self
             .post_client
             .clone()

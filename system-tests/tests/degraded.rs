@@ -12,7 +12,7 @@ use agora_proto::{
 };
 use sqlx::PgPool;
 use system_tests::{
-    System, as_person, assert_reason, spawn_system, spawn_with_liked_post,
+    System, as_person, assert_reason, new_post, spawn_system, spawn_with_liked_post,
     telemetry::{cost_of, cost_so_far},
 };
 
@@ -53,14 +53,7 @@ async fn without_votes_service_posts_are_answered_with_like_counts_unknown(pool:
         .clone()
         .create_post(as_person(
             &alice,
-            agora_proto::posts::v1::CreatePostRequest {
-                post: Some(agora_proto::posts::v1::Post {
-                    title: "Written".to_owned(),
-                    content: "while votes-service is down".to_owned(),
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            },
+            new_post("Written", "while votes-service is down", None),
         ))
         .await
         .expect("a write that needs no neighbour succeeds, and says so")
@@ -198,19 +191,7 @@ async fn until_logged(code: &str) -> bool {
 async fn calls_ended_unanswered_are_logged_as_deadline_exceeded_or_cancelled(pool: PgPool) {
     let system = spawn_system(pool).await;
     let alice = system.sign_up("alice@example.com").await;
-    let create = || {
-        as_person(
-            &alice,
-            agora_proto::posts::v1::CreatePostRequest {
-                post: Some(agora_proto::posts::v1::Post {
-                    title: "Held up".to_owned(),
-                    content: "Waits for the table".to_owned(),
-                    ..Default::default()
-                }),
-                request_id: String::new(),
-            },
-        )
-    };
+    let create = || as_person(&alice, new_post("Held up", "Waits for the table", None));
     // Every new post waits while the table is locked (for less than the
     // service's lock timeout), so these calls end unanswered.
     let mut lock = system.pool.begin().await.unwrap();
@@ -272,12 +253,8 @@ async fn a_token_whose_account_was_deleted_writes_no_post(pool: PgPool) {
         .create_post(as_person(
             &bob,
             agora_proto::posts::v1::CreatePostRequest {
-                post: Some(agora_proto::posts::v1::Post {
-                    title: "Ghost".to_owned(),
-                    content: "retries".to_owned(),
-                    ..Default::default()
-                }),
                 request_id: uuid::Uuid::now_v7().to_string(),
+                ..new_post("Ghost", "retries", None)
             },
         ))
         .await
