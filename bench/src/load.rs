@@ -36,8 +36,8 @@ pub struct Summary {
     pub seconds: f64,
 }
 
-/// Outcomes as they come in.
-struct Tally {
+/// Outcomes as they come in; tallies of separate runs add up.
+pub struct Tally {
     latencies_us: Histogram<u64>,
     failed: u64,
     refused: u64,
@@ -45,7 +45,7 @@ struct Tally {
 }
 
 impl Tally {
-    fn new() -> Self {
+    pub fn new() -> Self {
         Self {
             // 1 µs to a minute (longer counts as a minute), three significant digits.
             latencies_us: Histogram::new_with_bounds(1, 60_000_000, 3).expect("valid bounds"),
@@ -68,7 +68,7 @@ impl Tally {
         }
     }
 
-    fn merge(&mut self, other: Tally) {
+    pub fn merge(&mut self, other: Tally) {
         self.latencies_us
             .add(&other.latencies_us)
             .expect("histograms of the same bounds add up");
@@ -78,7 +78,7 @@ impl Tally {
     }
 
     /// The summary; failures are also told on stderr, with the first error.
-    fn summary(self, what: &str, elapsed: Duration) -> Summary {
+    pub fn summary(self, what: &str, elapsed: Duration) -> Summary {
         if let Some(error) = &self.first_error {
             eprintln!(
                 "{what}: {} calls failed, the first with: {error}",
@@ -134,20 +134,25 @@ where
 }
 
 /// Starts call `n` (from 0) at `n / rate` seconds, whether or not earlier calls
-/// have answered, for `duration`. Latency counts from each call's scheduled start,
-/// so time spent queueing behind slow calls is not hidden.
-pub async fn open_loop<F, Fut>(what: &str, rate: u32, duration: Duration, call: F) -> Summary
+/// have answered, until `stop` completes; the tally holds every call started,
+/// each answered. Latency counts from each call's scheduled start, so time spent
+/// queueing behind slow calls is not hidden.
+pub async fn open_loop<F, Fut>(rate: u32, stop: impl Future<Output = ()>, call: F) -> Tally
 where
     F: Fn(u64) -> Fut,
     Fut: Future<Output = Result<(), CallError>> + Send + 'static,
 {
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate));
-    let total = (f64::from(rate) * duration.as_secs_f64()) as u64;
     let started = tokio::time::Instant::now();
     let mut calls = JoinSet::new();
-    for n in 0..total {
+    tokio::pin!(stop);
+    for n in 0.. {
         let scheduled = started + interval.mul_f64(n as f64);
-        tokio::time::sleep_until(scheduled).await;
+        tokio::select! {
+            biased;
+            () = &mut stop => break,
+            () = tokio::time::sleep_until(scheduled) => {}
+        }
         let call = call(n);
         calls.spawn(async move { (call.await, scheduled.elapsed()) });
     }
@@ -156,5 +161,5 @@ where
         let (outcome, latency) = answer.expect("a call panicked");
         tally.record(outcome, latency);
     }
-    tally.summary(what, started.elapsed())
+    tally
 }

@@ -57,9 +57,16 @@ struct Args {
     /// GetPost calls per second offered in the login storm.
     #[arg(long, default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..))]
     rate: u32,
-    /// Logins fired at once in the login storm.
+    /// Clients logging in at once, over and over, in the login storm.
     #[arg(long, default_value_t = 200)]
     storm: usize,
+    /// Rounds of the login storm, each a window of GetPost alone then one in
+    /// the storm, both `--seconds` long.
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    storm_rounds: u64,
+    /// Measure only the login storm (and memory), not the calls one by one.
+    #[arg(long)]
+    storm_only: bool,
     /// Write every result as JSON to this file.
     #[arg(long)]
     json: Option<PathBuf>,
@@ -111,7 +118,12 @@ async fn measure(args: &Args, pool: sqlx::PgPool, url: &str) -> Result<u64, Box<
     let mut memory = vec![Snapshot::take("warm", &servers)?];
 
     let mut measured = Vec::new();
-    for call in Call::ALL {
+    let calls = if args.storm_only {
+        &[][..]
+    } else {
+        &Call::ALL[..]
+    };
+    for &call in calls {
         for path in Path::ALL {
             let what = format!("{}, {}", call.name(), path.name());
             let client = client.clone();
@@ -124,7 +136,16 @@ async fn measure(args: &Args, pool: sqlx::PgPool, url: &str) -> Result<u64, Box<
         memory.push(Snapshot::take(format!("after {}", call.name()), &servers)?);
     }
 
-    let storm = storm::run(&client, args.rate, duration, args.storm).await;
+    let rounds = args.storm_rounds as usize;
+    let storm = storm::run(
+        &client,
+        servers.grpc,
+        args.rate,
+        duration,
+        args.storm,
+        rounds,
+    )
+    .await?;
     memory.push(Snapshot::take("after the storm", &servers)?);
     tokio::time::sleep(SETTLE).await;
     memory.push(Snapshot::take(

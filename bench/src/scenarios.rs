@@ -280,7 +280,7 @@ impl Client {
     }
 }
 
-async fn login(grpc: Channel, caller: usize) -> Result<String, Status> {
+pub async fn login(grpc: Channel, caller: usize) -> Result<String, Status> {
     let request = LoginRequest {
         email: seed::email(caller as u64),
         password: PASSWORD.to_owned(),
@@ -316,7 +316,7 @@ async fn expect(request: reqwest::RequestBuilder, expected: StatusCode) -> Resul
     }
 }
 
-fn grpc_error(status: Status) -> CallError {
+pub fn grpc_error(status: Status) -> CallError {
     match status.code() {
         Code::ResourceExhausted => CallError::Refused,
         _ => CallError::Failed(status.to_string()),
