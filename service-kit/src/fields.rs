@@ -4,6 +4,7 @@
 use agora_proto::MAX_PAGE_SIZE;
 use prost_types::Timestamp;
 use time::OffsetDateTime;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 use uuid::Uuid;
 
 use crate::ApiError;
@@ -92,15 +93,41 @@ impl TextRule {
         Ok(())
     }
 
-    /// `raw` without surrounding white space, which must leave some text, checked.
+    /// `raw` without surrounding white space, which must leave some text with a
+    /// visible character, checked.
     pub fn required(self, field: &str, raw: &str) -> Result<String, ApiError> {
         let text = raw.trim();
         if text.is_empty() {
             return Err(ApiError::invalid(field, "required"));
         }
         self.check(field, text)?;
+        if !text.chars().any(is_visible) {
+            return Err(ApiError::invalid(field, "must contain a visible character"));
+        }
         Ok(text.to_owned())
     }
+}
+
+/// Whether `c` shows as something: not white space, not a control or format
+/// character (zero-width space U+200B, word joiner U+2060, byte order mark
+/// U+FEFF, bidi marks, tags), and not one of the other characters Unicode
+/// defines to be invisible (Default_Ignorable_Code_Point) or that render blank.
+fn is_visible(c: char) -> bool {
+    let invisible = c.is_whitespace()
+        || matches!(
+            c.general_category(),
+            GeneralCategory::Control | GeneralCategory::Format
+        )
+        || matches!(
+            c,
+            '\u{034F}' // combining grapheme joiner
+            | '\u{115F}' | '\u{1160}' | '\u{3164}' | '\u{FFA0}' // Hangul fillers
+            | '\u{17B4}' | '\u{17B5}' // Khmer inherent vowels
+            | '\u{180B}'..='\u{180F}' // Mongolian variation selectors
+            | '\u{2800}' // Braille pattern blank
+            | '\u{FE00}'..='\u{FE0F}' | '\u{E0100}'..='\u{E01EF}' // variation selectors
+        );
+    !invisible
 }
 
 #[cfg(test)]
@@ -127,6 +154,29 @@ mod tests {
         for blank in ["", "   ", "\n\t"] {
             assert!(TITLE.required("t", blank).is_err(), "{blank:?}");
         }
+    }
+
+    #[test]
+    fn text_of_invisible_characters_only_is_blank() {
+        for invisible in [
+            "\u{200B}",
+            "\u{FEFF}",
+            "\u{2060}",
+            "\u{200B}\u{FEFF}\u{2060}",
+            " \u{200D} ",
+            "\u{3164}",
+            "\u{FE0F}\u{00AD}",
+            "\u{E0041}",
+        ] {
+            let error = BODY.required("t", invisible).unwrap_err();
+            assert!(
+                error.to_string().contains("visible"),
+                "{invisible:?}: {error}"
+            );
+        }
+        // One visible character is enough, and invisible ones beside it stay.
+        assert_eq!(TITLE.required("t", "\u{200B}a").unwrap(), "\u{200B}a");
+        assert_eq!(TITLE.required("t", "👍\u{FE0F}").unwrap(), "👍\u{FE0F}");
     }
 
     #[test]

@@ -479,6 +479,7 @@ async fn posts_are_created_and_read_in_the_course_shapes(pool: PgPool) {
     let bad_bodies = [
         json!({"title": "No content"}),
         json!({"title": "", "content": "Empty title"}),
+        json!({"title": "\u{200B}\u{2060}", "content": "Invisible title"}),
         json!({"title": "Null", "content": "x", "published": null}),
         json!({"title": "Typed", "content": "x", "published": "yes"}),
     ];

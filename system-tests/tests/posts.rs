@@ -95,6 +95,18 @@ async fn create_post_rejects_bad_fields(pool: PgPool) {
         ("empty title", "", "content", "post.title"),
         ("blank title", " \t ", "content", "post.title"),
         (
+            "title of invisible characters",
+            "\u{200B}\u{FEFF}\u{2060}",
+            "content",
+            "post.title",
+        ),
+        (
+            "content of a zero-width space",
+            "title",
+            "\u{200B}",
+            "post.content",
+        ),
+        (
             "title of 201 characters",
             &"é".repeat(201),
             "content",
