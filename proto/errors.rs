@@ -35,7 +35,7 @@ impl ErrorReason {
     pub fn code(self) -> Code {
         use ErrorReason as R;
         match self {
-            R::InvalidFields | R::RequestIdReused => Code::InvalidArgument,
+            R::InvalidFields | R::RequestIdReused | R::MalformedRequest => Code::InvalidArgument,
             R::TokenMissing
             | R::TokenMalformed
             | R::TokenExpired

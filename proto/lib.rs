@@ -10,6 +10,7 @@ pub mod auth {
         // Proto comments wrap list items the way every language's docs read them.
         #![allow(clippy::doc_lazy_continuation, clippy::doc_overindented_list_items)]
         tonic::include_proto!("agora.auth.v1");
+        include!(concat!(env!("OUT_DIR"), "/servers/agora.auth.v1.rs"));
     }
 }
 
@@ -19,6 +20,7 @@ pub mod posts {
         // Proto comments wrap list items the way every language's docs read them.
         #![allow(clippy::doc_lazy_continuation, clippy::doc_overindented_list_items)]
         tonic::include_proto!("agora.posts.v1");
+        include!(concat!(env!("OUT_DIR"), "/servers/agora.posts.v1.rs"));
     }
 }
 
@@ -28,9 +30,11 @@ pub mod votes {
         // Proto comments wrap list items the way every language's docs read them.
         #![allow(clippy::doc_lazy_continuation, clippy::doc_overindented_list_items)]
         tonic::include_proto!("agora.votes.v1");
+        include!(concat!(env!("OUT_DIR"), "/servers/agora.votes.v1.rs"));
     }
 }
 
+pub mod codec;
 pub mod errors;
 
 /// The most posts one page holds and the most ids one batch call takes, as the
