@@ -9,10 +9,10 @@ use sqlx::{Connection as _, PgPool};
 use uuid::Uuid;
 
 use crate::{
-    password::Passwords,
+    password::{Normalization, Passwords},
     throttle::LoginThrottle,
     tokens::{IssuedToken, TokenIssuer},
-    users::{self, EMAIL, Email, MIN_PASSWORD_CHARS, USER_NOT_FOUND, User},
+    users::{self, Credentials, EMAIL, Email, Password, USER_NOT_FOUND, User},
 };
 
 /// The one answer to every failed login, so it does not reveal which emails exist.
@@ -32,10 +32,11 @@ pub struct Accounts {
 
 impl Accounts {
     /// Registers a user. With a `request_id`, only once (AIP-155): a retry within
-    /// [`service_kit::request_ids::LIFETIME`] with the same email (in any letter case) and
-    /// password answers the user the first request registered; the same id with
-    /// another email or password is REQUEST_ID_REUSED. Hashing is refused at once
-    /// when the hasher is too busy to finish before `deadline`.
+    /// [`service_kit::request_ids::LIFETIME`] with the same email (in any letter case
+    /// or compatibility form) and password answers the user the first request
+    /// registered; the same id with another email or password is
+    /// REQUEST_ID_REUSED. Hashing is refused at once when the hasher is too busy
+    /// to finish before `deadline`.
     pub async fn register(
         &self,
         email: &str,
@@ -44,13 +45,17 @@ impl Accounts {
         deadline: Deadline,
     ) -> Result<User, ApiError> {
         // Validate every field before the costly hash.
-        let (email, ()) = both(
+        let (email, password) = both(
             Email::parse("email", email),
-            users::check_password("password", &password, MIN_PASSWORD_CHARS),
+            users::new_password("password", password),
         )?;
         let user = match request_id {
             None => {
-                let password_hash = self.passwords.admit(deadline)?.hash(password).await?;
+                let password_hash = self
+                    .passwords
+                    .admit(deadline)?
+                    .hash(password.normalized)
+                    .await?;
                 let mut conn = self.pool.acquire().await?;
                 users::insert(&mut conn, Uuid::now_v7(), &email, &password_hash).await?
             }
@@ -67,14 +72,14 @@ impl Accounts {
         &self,
         request_id: Uuid,
         email: &Email,
-        password: String,
+        password: Password,
         deadline: Deadline,
     ) -> Result<User, ApiError> {
         // Hashed before the transaction, which then holds its locks only briefly.
         let password_hash = self
             .passwords
             .admit(deadline)?
-            .hash(password.clone())
+            .hash(password.normalized.clone())
             .await?;
         let earlier = {
             let mut conn = self.pool.acquire().await?;
@@ -91,12 +96,14 @@ impl Accounts {
             tx.rollback().await?;
             earlier
         };
-        // Checked against the stored hash, with the connection handed back.
+        // Checked against the stored hash, in the form it was made from, with the
+        // connection handed back.
+        let typed = password.in_form(earlier.password_normalization).to_owned();
         let same_request = earlier.same_email
             && self
                 .passwords
                 .admit(deadline)?
-                .verify(password, Some(earlier.password_hash))
+                .verify(typed, Some(earlier.password_hash))
                 .await?;
         if !same_request {
             return Err(ApiError::refused(
@@ -107,6 +114,10 @@ impl Accounts {
         Ok(earlier.user)
     }
 
+    /// Logs in, checking the password once, in the form the stored hash was made
+    /// from; an unknown email checks its normalised form against a dummy hash
+    /// with the current parameters, so it takes as long as a wrong password. A
+    /// hash made from the password as typed is replaced after the answer.
     pub async fn login(
         &self,
         email: &str,
@@ -114,12 +125,15 @@ impl Accounts {
         deadline: Deadline,
     ) -> Result<IssuedToken, ApiError> {
         // Only sizes are checked: a malformed address is simply not registered.
-        let (email, ()) = both(
+        let (email, password) = both(
             EMAIL.required("email", email),
-            users::check_password("password", &password, 1),
+            users::login_password("password", password),
         )?;
         let email = email.as_str();
-        if let Err(wait) = self.throttle.check(email) {
+        // Failures are counted per account, whichever spelling of its email
+        // they use.
+        let throttled_as = users::email_key(email);
+        if let Err(wait) = self.throttle.check(&throttled_as) {
             return Err(ApiError::Throttled {
                 reason: ErrorReason::LoginThrottled,
                 message: format!(
@@ -137,15 +151,64 @@ impl Accounts {
             let mut conn = self.pool.acquire().await?;
             users::find_credentials(&mut conn, email).await?
         };
-        let (user_id, hash) = credentials.unzip();
-        if !turn.verify(password, hash).await? {
-            self.throttle.record_failure(email);
+        let normalization = credentials
+            .as_ref()
+            .map_or(Normalization::CURRENT, |found| found.normalization);
+        let typed = password.in_form(normalization).to_owned();
+        let hash = credentials
+            .as_ref()
+            .map(|found| found.password_hash.clone());
+        if !turn.verify(typed, hash).await? {
+            self.throttle.record_failure(&throttled_as);
             return Err(BAD_CREDENTIALS);
         }
-        self.throttle.record_success(email);
-        let user_id = user_id.expect("a matching password implies a stored user");
+        self.throttle.record_success(&throttled_as);
+        let credentials = credentials.expect("a matching password implies a stored user");
+        let user_id = credentials.user_id;
         tracing::Span::current().record("user_id", tracing::field::display(user_id));
+        if credentials.normalization != Normalization::CURRENT {
+            self.rehash_later(credentials, password);
+        }
         self.issuer.issue(user_id)
+    }
+
+    /// Replaces a hash made from a password as typed with one of its normalised
+    /// form, in the background, so the login that proved the password answers
+    /// without waiting. The hash takes a place and a turn like any other, without a
+    /// deadline; when the queue is full it is skipped, as the calls waiting come
+    /// first, and the next login tries again. A password already in its normalised
+    /// form keeps its hash, which is only marked.
+    fn rehash_later(&self, credentials: Credentials, password: Password) {
+        let passwords = self.passwords.clone();
+        let pool = self.pool.clone();
+        let work = async move {
+            let Credentials {
+                user_id,
+                password_hash: old_hash,
+                ..
+            } = credentials;
+            let new_hash = if password.typed == password.normalized {
+                old_hash.clone()
+            } else {
+                let Ok(admission) = passwords.admit(Deadline::none()) else {
+                    tracing::debug!("password hashing busy; rehash left to a later login");
+                    return Ok(());
+                };
+                admission.hash(password.normalized).await?
+            };
+            let mut conn = pool.acquire().await?;
+            users::replace_unnormalized_hash(&mut conn, user_id, &old_hash, &new_hash).await?;
+            Ok::<_, ApiError>(())
+        };
+        let span = tracing::info_span!("auth.rehash_password");
+        tokio::spawn(tracing::Instrument::instrument(
+            async move {
+                if let Err(error) = work.await {
+                    tracing::warn!(error = %error, "rehashing a password failed");
+                }
+            },
+            span,
+        ));
     }
 
     pub async fn user(&self, id: Uuid) -> Result<User, ApiError> {

@@ -11,7 +11,10 @@ use service_kit::{
 };
 use sqlx::PgConnection;
 use time::OffsetDateTime;
+use unicode_normalization::UnicodeNormalization as _;
 use uuid::Uuid;
+
+use crate::password::{self, Normalization};
 
 /// An email address: at most 254 characters (RFC 5321), on one line.
 pub const EMAIL: TextRule = TextRule {
@@ -77,28 +80,91 @@ impl Email {
     }
 }
 
-/// Checks a password's length before any hashing work, so an oversized one costs
-/// nothing. `min` is 1 for logins (any stored password is at least 8 long anyway).
-pub fn check_password(field: &str, password: &str, min: usize) -> Result<(), ApiError> {
-    // More bytes than 4 per allowed character cannot be within the limit.
-    let too_long =
-        password.len() > MAX_PASSWORD_CHARS * 4 || password.chars().count() > MAX_PASSWORD_CHARS;
-    if too_long {
-        return Err(ApiError::invalid(
-            field,
-            format!("at most {MAX_PASSWORD_CHARS} characters"),
-        ));
-    }
-    if password.chars().count() < min {
-        return Err(match min {
-            1 => ApiError::invalid(field, "required"),
-            _ => ApiError::invalid(field, format!("at least {min} characters")),
-        });
-    }
-    Ok(())
+/// `email` as `auth.email_key` (migration 0006) keys it: NFKC, case folded by
+/// upper then lower case, NFKC again. The database's key decides uniqueness and
+/// look-ups; this one, computed without a query, keys the login throttle, so
+/// that look-alike spellings of one email share its count of failures. Rust's
+/// and ICU's Unicode tables may differ on characters new to one of them, which
+/// only splits a count.
+pub fn email_key(email: &str) -> String {
+    let folded = email
+        .nfkc()
+        .collect::<String>()
+        .to_uppercase()
+        .to_lowercase();
+    folded.nfkc().collect()
 }
 
-/// Stores a new user; ALREADY_EXISTS if the email is taken in any letter case.
+/// Input longer than this many bytes is refused before any other work, so an
+/// oversized password costs nothing: room for [`MAX_PASSWORD_CHARS`] characters
+/// even fully decomposed (a Hangul syllable is three 3-byte jamo in NFD).
+const MAX_PASSWORD_BYTES: usize = MAX_PASSWORD_CHARS * 9;
+
+/// A password as typed and in the form new hashes are made from.
+pub struct Password {
+    pub typed: String,
+    pub normalized: String,
+}
+
+impl Password {
+    /// The form a hash made from `normalization` is checked with.
+    pub fn in_form(&self, normalization: Normalization) -> &str {
+        match normalization {
+            Normalization::None => &self.typed,
+            Normalization::Nfkc => &self.normalized,
+        }
+    }
+}
+
+/// A new password: its length, in characters (code points, as NIST SP 800-63B
+/// counts them), is that of its normalised form, the one hashed, so the same
+/// password composed or decomposed is equally long.
+pub fn new_password(field: &str, typed: String) -> Result<Password, ApiError> {
+    let password = normalize_within_limit(field, typed)?;
+    let chars = password.normalized.chars().count();
+    if chars > MAX_PASSWORD_CHARS {
+        return Err(too_long(field));
+    }
+    if chars < MIN_PASSWORD_CHARS {
+        return Err(ApiError::invalid(
+            field,
+            format!("at least {MIN_PASSWORD_CHARS} characters"),
+        ));
+    }
+    Ok(password)
+}
+
+/// A password to log in with: refused only when no registration could have
+/// accepted it in either form (hashes made before normalisation were of the
+/// password as typed, limited as typed), so the answer says nothing about the
+/// account.
+pub fn login_password(field: &str, typed: String) -> Result<Password, ApiError> {
+    let password = normalize_within_limit(field, typed)?;
+    if password.typed.is_empty() {
+        return Err(ApiError::invalid(field, "required"));
+    }
+    let fits = |text: &str| text.chars().count() <= MAX_PASSWORD_CHARS;
+    if !fits(&password.typed) && !fits(&password.normalized) {
+        return Err(too_long(field));
+    }
+    Ok(password)
+}
+
+fn normalize_within_limit(field: &str, typed: String) -> Result<Password, ApiError> {
+    if typed.len() > MAX_PASSWORD_BYTES {
+        return Err(too_long(field));
+    }
+    let normalized = password::normalize(&typed).into_owned();
+    Ok(Password { typed, normalized })
+}
+
+fn too_long(field: &str) -> ApiError {
+    ApiError::invalid(field, format!("at most {MAX_PASSWORD_CHARS} characters"))
+}
+
+/// Stores a new user, with a hash of the [`Normalization::CURRENT`] form of their
+/// password; ALREADY_EXISTS if the email is taken in any letter case or
+/// compatibility form (`auth.email_key`, migration 0006).
 pub async fn insert(
     conn: &mut PgConnection,
     id: Uuid,
@@ -107,11 +173,13 @@ pub async fn insert(
 ) -> Result<User, ApiError> {
     sqlx::query_as!(
         User,
-        "insert into auth.users (id, email, password_hash) values ($1, $2, $3)
+        "insert into auth.users (id, email, password_hash, password_normalization)
+         values ($1, $2, $3, $4)
          returning id, email, create_time",
         id,
         email.as_str(),
-        password_hash
+        password_hash,
+        Normalization::CURRENT.as_str()
     )
     .fetch_one(conn)
     .await
@@ -154,7 +222,8 @@ pub async fn claim_request(
 pub struct EarlierRegistration {
     pub user: User,
     pub password_hash: String,
-    /// Whether its email is `email`, in any letter case.
+    pub password_normalization: Normalization,
+    /// Whether its email is `email`, in any letter case or compatibility form.
     pub same_email: bool,
 }
 
@@ -166,8 +235,8 @@ pub async fn registered_by_request(
     email: &Email,
 ) -> Result<EarlierRegistration, ApiError> {
     let row = sqlx::query!(
-        r#"select u.id, u.email, u.create_time, u.password_hash,
-                  lower(u.email) = lower($2) as "same_email!"
+        r#"select u.id, u.email, u.create_time, u.password_hash, u.password_normalization,
+                  auth.email_key(u.email) = auth.email_key($2) as "same_email!"
              from auth.create_user_requests r join auth.users u on u.id = r.user_id
             where r.request_id = $1"#,
         request_id,
@@ -182,6 +251,7 @@ pub async fn registered_by_request(
             create_time: row.create_time,
         },
         password_hash: row.password_hash,
+        password_normalization: Normalization::from_stored(&row.password_normalization),
         same_email: row.same_email,
     })
 }
@@ -197,18 +267,60 @@ pub async fn purge_expired_request_ids(conn: &mut PgConnection) -> Result<u64, A
     Ok(purged.rows_affected())
 }
 
-/// The id and password hash of the user with this email, in any letter case.
+/// What a login checks a password against.
+pub struct Credentials {
+    pub user_id: Uuid,
+    pub password_hash: String,
+    pub normalization: Normalization,
+}
+
+/// The credentials of the user with this email, in any letter case or
+/// compatibility form; or of the look-alike account registered before migration
+/// 0006 whose stored email is exactly `email`, which is found by nothing else.
 pub async fn find_credentials(
     conn: &mut PgConnection,
     email: &str,
-) -> Result<Option<(Uuid, String)>, ApiError> {
+) -> Result<Option<Credentials>, ApiError> {
+    // At most one row of each kind: the indexes users_email_key and
+    // users_lookalike_email_key. The exact match is the more precise.
     let row = sqlx::query!(
-        "select id, password_hash from auth.users where lower(email) = lower($1)",
+        "select id, password_hash, password_normalization from auth.users
+          where (auth.email_key(email) = auth.email_key($1) and not email_lookalike)
+             or (email_lookalike and email = $1)
+          order by email_lookalike desc
+          limit 1",
         email
     )
     .fetch_optional(conn)
     .await?;
-    Ok(row.map(|row| (row.id, row.password_hash)))
+    Ok(row.map(|row| Credentials {
+        user_id: row.id,
+        password_hash: row.password_hash,
+        normalization: Normalization::from_stored(&row.password_normalization),
+    }))
+}
+
+/// Replaces the user's password hash `old_hash`, made from the password as typed,
+/// with `new_hash`, made from its normalised form; false if the hash has changed
+/// meanwhile (the user is gone, or another login rehashed it first).
+pub async fn replace_unnormalized_hash(
+    conn: &mut PgConnection,
+    user_id: Uuid,
+    old_hash: &str,
+    new_hash: &str,
+) -> Result<bool, ApiError> {
+    let replaced = sqlx::query!(
+        "update auth.users set password_hash = $3, password_normalization = $4
+          where id = $1 and password_hash = $2 and password_normalization = $5",
+        user_id,
+        old_hash,
+        new_hash,
+        Normalization::CURRENT.as_str(),
+        Normalization::None.as_str()
+    )
+    .execute(conn)
+    .await?;
+    Ok(replaced.rows_affected() == 1)
 }
 
 pub async fn find(conn: &mut PgConnection, id: Uuid) -> Result<Option<User>, ApiError> {

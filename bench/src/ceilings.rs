@@ -109,10 +109,16 @@ pub async fn vote_pair(pool: &PgPool, post: Uuid, user: Uuid) -> Result<(), sqlx
 
 /// Only the look-up: the argon2id hash that dominates a login is not SQL.
 pub async fn login(pool: &PgPool, email: &str) -> Result<(), sqlx::Error> {
-    sqlx::query("select id, password_hash from auth.users where lower(email) = lower($1)")
-        .bind(email)
-        .fetch_optional(pool)
-        .await?;
+    sqlx::query(
+        "select id, password_hash, password_normalization from auth.users
+          where (auth.email_key(email) = auth.email_key($1) and not email_lookalike)
+             or (email_lookalike and email = $1)
+          order by email_lookalike desc
+          limit 1",
+    )
+    .bind(email)
+    .fetch_optional(pool)
+    .await?;
     Ok(())
 }
 

@@ -89,9 +89,9 @@ pub async fn seed(url: &str) -> Result<(), Box<dyn Error>> {
         .to_string();
     let (users, posts) = (USERS as i64, POSTS as i64);
     sqlx::query(
-        "insert into auth.users (id, email, password_hash)
+        "insert into auth.users (id, email, password_hash, password_normalization)
          select ('00000000-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid,
-                'user' || n || '@bench.example', $2
+                'user' || n || '@bench.example', $2, 'nfkc'
            from generate_series(0, $1 - 1) as n",
     )
     .bind(users)

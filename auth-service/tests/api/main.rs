@@ -6,4 +6,5 @@ mod keys;
 mod login;
 mod server;
 mod tokens;
+mod unicode;
 mod users;
