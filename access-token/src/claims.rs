@@ -7,6 +7,9 @@ use uuid::Uuid;
 pub const ISSUER: &str = "agora-auth";
 /// The `aud` of every access token: all Agora services accept the same tokens.
 pub const AUDIENCE: &str = "agora";
+/// The JOSE header `typ` of every access token (RFC 9068), so that no other kind
+/// of JWT can be passed off as one.
+pub const TOKEN_TYPE: &str = "at+jwt";
 
 /// The registered JWT claims of an access token (RFC 7519).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

@@ -128,10 +128,15 @@ where
     }
 }
 
-/// The token of an `authorization: Bearer <token>` header or metadata entry (the
-/// scheme in any letter case).
+/// The token of the one `authorization: Bearer <token>` header or metadata entry
+/// (the scheme in any letter case). Two entries are refused, even when one is
+/// valid: proxies and libraries disagree on which of them counts.
 pub fn bearer_token(headers: &http::HeaderMap) -> Result<&str, TokenError> {
-    let value = headers.get(AUTHORIZATION).ok_or(TokenError::Missing)?;
+    let mut values = headers.get_all(AUTHORIZATION).iter();
+    let value = values.next().ok_or(TokenError::Missing)?;
+    if values.next().is_some() {
+        return Err(TokenError::Duplicated);
+    }
     let value = value.to_str().map_err(|_| TokenError::Malformed)?;
     let (scheme, token) = value.split_once(' ').ok_or(TokenError::Malformed)?;
     if !scheme.eq_ignore_ascii_case("bearer") {
@@ -176,6 +181,21 @@ mod tests {
         assert_eq!(
             bearer_token(&http::HeaderMap::new()),
             Err(TokenError::Missing)
+        );
+    }
+
+    #[test]
+    fn exactly_one_authorization_value_is_allowed() {
+        let mut twice = headers("Bearer abc");
+        twice.append(AUTHORIZATION, "Bearer garbage".parse().unwrap());
+        assert_eq!(bearer_token(&twice), Err(TokenError::Duplicated));
+
+        let mut same_twice = headers("Bearer abc");
+        same_twice.append(AUTHORIZATION, "Bearer abc".parse().unwrap());
+        assert_eq!(
+            bearer_token(&same_twice),
+            Err(TokenError::Duplicated),
+            "even the same token twice"
         );
     }
 

@@ -11,9 +11,9 @@ mod keys;
 mod layer;
 mod verifier;
 
-pub use claims::{AUDIENCE, Caller, Claims, ISSUER};
+pub use claims::{AUDIENCE, Caller, Claims, ISSUER, TOKEN_TYPE};
 pub use keys::{
     AuthServiceKeys, KeySource, KeySourceError, StaticKeys, jwk_from_proto, jwk_to_proto,
 };
 pub use layer::{PublicMethods, RequireTokenLayer, RequireTokenService, bearer_token, caller};
-pub use verifier::{TokenError, TokenVerifier};
+pub use verifier::{DEFAULT_MAX_LIFETIME, TokenError, TokenVerifier};

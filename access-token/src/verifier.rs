@@ -7,13 +7,19 @@ use std::{
 };
 
 use agora_proto::errors::ErrorReason;
+use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use uuid::Uuid;
 
 use crate::{AUDIENCE, Caller, Claims, ISSUER, KeySource, keys::is_eddsa};
 
-/// Clock skew tolerated on `exp` and `nbf`.
+/// Clock skew tolerated on `exp`, `nbf` and `iat`.
 const LEEWAY_SECONDS: u64 = 10;
+/// The longest an access token may live (`exp - iat`) unless a verifier is told
+/// otherwise with [`TokenVerifier::with_max_lifetime`]: auth-service's longest
+/// `TOKEN_TTL_SECS`, so a token signed with a leaked or misused key cannot last
+/// for years.
+pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
 /// A token naming an unknown key makes the verifier ask its source again, but not
 /// more often than this, so forged `kid`s cannot flood auth-service.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
@@ -23,8 +29,25 @@ const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 pub enum TokenError {
     #[error("missing access token")]
     Missing,
+    /// Two `authorization` values: which one counts would depend on who reads
+    /// them, so neither does.
+    #[error("more than one authorization value; send exactly one access token")]
+    Duplicated,
     #[error("malformed access token")]
     Malformed,
+    /// The header's `typ` says it is something other than an access token.
+    #[error("not an access token: wrong typ")]
+    WrongType,
+    /// The header names extensions that must be understood (`crit`); Agora
+    /// understands none.
+    #[error("access token with critical header parameters")]
+    CriticalHeader,
+    /// `iat` is later than now, beyond the clock skew tolerated.
+    #[error("access token issued in the future")]
+    IssuedInFuture,
+    /// `exp - iat` is longer than the verifier's maximum lifetime.
+    #[error("access token lifetime too long")]
+    LifetimeTooLong,
     #[error("access token expired")]
     Expired,
     #[error("access token not yet valid")]
@@ -43,9 +66,12 @@ impl TokenError {
     pub fn reason(&self) -> ErrorReason {
         match self {
             TokenError::Missing => ErrorReason::TokenMissing,
-            TokenError::Malformed => ErrorReason::TokenMalformed,
+            TokenError::Duplicated | TokenError::Malformed => ErrorReason::TokenMalformed,
             TokenError::Expired => ErrorReason::TokenExpired,
-            TokenError::NotYetValid => ErrorReason::TokenNotYetValid,
+            TokenError::NotYetValid | TokenError::IssuedInFuture => ErrorReason::TokenNotYetValid,
+            TokenError::WrongType | TokenError::CriticalHeader | TokenError::LifetimeTooLong => {
+                ErrorReason::TokenInvalid
+            }
             TokenError::UnknownKey => ErrorReason::TokenKeyUnknown,
             TokenError::KeysUnavailable => ErrorReason::TokenKeysUnavailable,
             TokenError::Invalid => ErrorReason::TokenInvalid,
@@ -65,7 +91,9 @@ impl From<TokenError> for tonic::Status {
 /// lifetime, at well under a kilobyte each.
 const MAX_VERIFIED: usize = 10_000;
 
-/// Verifies EdDSA access tokens: signature, `exp`, `nbf`, `iss`, `aud`, `sub`, `jti`.
+/// Verifies EdDSA access tokens: the header's `alg`, `typ` and `crit`; the
+/// signature; `exp`, `nbf`, `iat` and the lifetime between them; `iss`, `aud`,
+/// `sub`, `jti`.
 ///
 /// A token that verified is remembered until its `exp`, so the signature math is
 /// done once per token in each process, however many calls carry it. It is
@@ -81,6 +109,8 @@ pub struct TokenVerifier {
     last_refresh: tokio::sync::Mutex<Option<(Instant, bool)>>,
     /// [`MIN_REFRESH_INTERVAL`]; a field so that tests can shorten it.
     min_refresh_interval: Duration,
+    /// The longest `exp - iat` accepted, in seconds.
+    max_lifetime_secs: u64,
     validation: Validation,
 }
 
@@ -98,8 +128,16 @@ impl TokenVerifier {
             verified: RwLock::new(HashMap::new()),
             last_refresh: tokio::sync::Mutex::new(None),
             min_refresh_interval: MIN_REFRESH_INTERVAL,
+            max_lifetime_secs: DEFAULT_MAX_LIFETIME.as_secs(),
             validation,
         }
+    }
+
+    /// Refuses tokens whose `exp - iat` is longer than `max_lifetime` (by default
+    /// [`DEFAULT_MAX_LIFETIME`]). It must be at least the issuer's token lifetime.
+    pub fn with_max_lifetime(mut self, max_lifetime: Duration) -> Self {
+        self.max_lifetime_secs = max_lifetime.as_secs();
+        self
     }
 
     /// Checks `token` (without the `Bearer ` prefix) and returns whose it is.
@@ -139,6 +177,10 @@ impl TokenVerifier {
         if header.alg != Algorithm::EdDSA {
             return Err(TokenError::Invalid);
         }
+        check_type(header.typ.as_deref())?;
+        if names_critical_parameters(token)? {
+            return Err(TokenError::CriticalHeader);
+        }
         let kid = header.kid.ok_or(TokenError::Invalid)?;
         let key = match self.cached_key(&kid) {
             Some(key) => key,
@@ -162,6 +204,7 @@ impl TokenVerifier {
                 _ => TokenError::Invalid,
             })?
             .claims;
+        self.check_lifetime(&claims)?;
         let uuid = |text: &str| Uuid::parse_str(text).map_err(|_| TokenError::Invalid);
         let caller = Caller {
             user_id: uuid(&claims.sub)?,
@@ -170,6 +213,18 @@ impl TokenVerifier {
             expires_at: claims.exp,
         };
         Ok((caller, kid))
+    }
+
+    /// `iat` is not in the future, and `exp` is at most the maximum lifetime after
+    /// it. (A token without `iat` does not get here: [`Claims`] requires it.)
+    fn check_lifetime(&self, claims: &Claims) -> Result<(), TokenError> {
+        if claims.iat > unix_now().saturating_add(LEEWAY_SECONDS) {
+            return Err(TokenError::IssuedInFuture);
+        }
+        if claims.exp.saturating_sub(claims.iat) > self.max_lifetime_secs {
+            return Err(TokenError::LifetimeTooLong);
+        }
+        Ok(())
     }
 
     fn cached_key(&self, kid: &str) -> Option<Arc<DecodingKey>> {
@@ -221,6 +276,35 @@ impl TokenVerifier {
     }
 }
 
+/// Accepts the JOSE `typ` of an access token (RFC 9068: `at+jwt`, or its long
+/// form `application/at+jwt`; media types ignore letter case).
+fn check_type(typ: Option<&str>) -> Result<(), TokenError> {
+    match typ.map(str::to_ascii_lowercase).as_deref() {
+        Some("at+jwt" | "application/at+jwt") => Ok(()),
+        // Legacy: auth-service issued `typ: JWT` before it said `at+jwt`; a token
+        // without `typ` is taken as that same legacy form. Such tokens stay valid
+        // until they expire, at most the maximum token lifetime (an hour) after
+        // the last auth-service replica still issuing them is replaced; then this
+        // arm can go. Accepting them is safe meanwhile: auth-service's keys sign
+        // access tokens and nothing else, so no other kind of token can pass.
+        Some("jwt") | None => Ok(()),
+        Some(_) => Err(TokenError::WrongType),
+    }
+}
+
+/// Whether the JOSE header has a `crit` member (RFC 7515 §4.1.11), whatever its
+/// value. jsonwebtoken reads `"crit": null` as no `crit`, so the header is read
+/// here as plain JSON.
+fn names_critical_parameters(token: &str) -> Result<bool, TokenError> {
+    let segment = token.split('.').next().unwrap_or_default();
+    let json = URL_SAFE_NO_PAD
+        .decode(segment)
+        .map_err(|_| TokenError::Malformed)?;
+    let header: serde_json::Map<String, serde_json::Value> =
+        serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
+    Ok(header.contains_key("crit"))
+}
+
 /// A token that verified, and the key that signed it.
 struct Verified {
     caller: Caller,
@@ -247,7 +331,7 @@ mod tests {
     };
 
     use super::*;
-    use crate::{Claims, KeySourceError};
+    use crate::{Claims, KeySourceError, TOKEN_TYPE};
 
     /// A key source whose set the test changes.
     #[derive(Clone, Default)]
@@ -330,5 +414,189 @@ mod tests {
             Err(TokenError::UnknownKey),
             "the old key's tokens went with it"
         );
+    }
+
+    /// A verifier of tokens signed by one key, `kid` "k", and that key.
+    fn one_key_verifier() -> (TokenVerifier, EncodingKey) {
+        let (key, jwk) = new_key("k");
+        let verifier = TokenVerifier::new(crate::StaticKeys(JwkSet { keys: vec![jwk] }));
+        (verifier, key)
+    }
+
+    /// Valid claims, as JSON so that tests can change or drop any of them.
+    fn claims_json() -> serde_json::Value {
+        let now = unix_now();
+        serde_json::json!({
+            "sub": Uuid::now_v7().to_string(), "iat": now, "nbf": now, "exp": now + 600,
+            "iss": ISSUER, "aud": AUDIENCE, "jti": Uuid::now_v7().to_string(),
+        })
+    }
+
+    /// `claims` signed by `key` under `header` (with `kid` "k").
+    fn signed(mut header: Header, claims: &serde_json::Value, key: &EncodingKey) -> String {
+        header.kid = Some("k".to_owned());
+        jsonwebtoken::encode(&header, claims, key).unwrap()
+    }
+
+    fn header_with_typ(typ: Option<&str>) -> Header {
+        let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = typ.map(str::to_owned);
+        header
+    }
+
+    #[tokio::test]
+    async fn access_token_types_are_accepted_and_legacy_jwt_or_none_too() {
+        let (verifier, key) = one_key_verifier();
+        for typ in [
+            Some("at+jwt"),
+            Some("application/at+jwt"),
+            Some("AT+JWT"),
+            Some("JWT"),
+            None,
+        ] {
+            let token = signed(header_with_typ(typ), &claims_json(), &key);
+            assert!(verifier.verify(&token).await.is_ok(), "typ {typ:?}");
+        }
+    }
+
+    #[tokio::test]
+    async fn other_token_types_are_refused() {
+        let (verifier, key) = one_key_verifier();
+        for typ in ["evil", "JWE", "id+jwt", "", "jwt+at", "application/jwt"] {
+            let token = signed(header_with_typ(Some(typ)), &claims_json(), &key);
+            assert_eq!(
+                verifier.verify(&token).await,
+                Err(TokenError::WrongType),
+                "typ {typ:?}"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_header_with_crit_is_refused_whatever_it_names() {
+        let (verifier, key) = one_key_verifier();
+        let crit = |value: serde_json::Value| {
+            let mut header = header_with_typ(Some(TOKEN_TYPE));
+            header.extras.insert("crit", value);
+            header
+        };
+        let cases = [
+            (
+                "a critical extension",
+                crit(serde_json::json!(["exp"])),
+                TokenError::CriticalHeader,
+            ),
+            (
+                "an empty list",
+                crit(serde_json::json!([])),
+                TokenError::CriticalHeader,
+            ),
+            (
+                "null",
+                crit(serde_json::Value::Null),
+                TokenError::CriticalHeader,
+            ),
+            (
+                "not a list",
+                crit(serde_json::json!("b64")),
+                TokenError::Malformed,
+            ),
+        ];
+        for (case, header, expected) in cases {
+            let token = signed(header, &claims_json(), &key);
+            assert_eq!(verifier.verify(&token).await, Err(expected), "{case}");
+        }
+        let mut header = header_with_typ(Some(TOKEN_TYPE));
+        header.crit = Some(vec!["b64".to_owned()]);
+        header.extras.insert("b64", false);
+        assert_eq!(
+            verifier.verify(&signed(header, &claims_json(), &key)).await,
+            Err(TokenError::CriticalHeader),
+            "crit as jsonwebtoken writes it"
+        );
+    }
+
+    #[tokio::test]
+    async fn lifetimes_beyond_the_maximum_are_refused() {
+        let (verifier, key) = one_key_verifier();
+        let now = unix_now();
+        let with = |iat: u64, exp: u64| {
+            let mut claims = claims_json();
+            claims["iat"] = iat.into();
+            claims["nbf"] = iat.min(now).into();
+            claims["exp"] = exp.into();
+            signed(header_with_typ(Some(TOKEN_TYPE)), &claims, &key)
+        };
+        let max = DEFAULT_MAX_LIFETIME.as_secs();
+        let cases = [
+            (
+                "exp 2^62",
+                with(now, 1 << 62),
+                Err(TokenError::LifetimeTooLong),
+            ),
+            (
+                "one second too long",
+                with(now, now + max + 1),
+                Err(TokenError::LifetimeTooLong),
+            ),
+            (
+                "issued long ago, expiring soon",
+                with(now - 2 * max, now + 60),
+                Err(TokenError::LifetimeTooLong),
+            ),
+            (
+                "iat an hour ahead",
+                with(now + 3600, now + 3600 + 600),
+                Err(TokenError::IssuedInFuture),
+            ),
+            (
+                "iat beyond the leeway",
+                with(now + LEEWAY_SECONDS + 5, now + 600),
+                Err(TokenError::IssuedInFuture),
+            ),
+        ];
+        for (case, token, expected) in cases {
+            assert_eq!(verifier.verify(&token).await.map(drop), expected, "{case}");
+            assert_eq!(
+                verifier.verify(&token).await.map(drop),
+                expected,
+                "{case}, asked again"
+            );
+        }
+        assert!(
+            verifier.verified.read().unwrap().is_empty(),
+            "no refused token is remembered"
+        );
+
+        for (case, token) in [
+            ("exactly the maximum", with(now, now + max)),
+            (
+                "iat within the leeway",
+                with(now + LEEWAY_SECONDS - 5, now + 600),
+            ),
+        ] {
+            assert!(verifier.verify(&token).await.is_ok(), "{case}");
+        }
+    }
+
+    #[tokio::test]
+    async fn the_maximum_lifetime_is_a_setting() {
+        let (verifier, key) = one_key_verifier();
+        let verifier = verifier.with_max_lifetime(Duration::from_secs(300));
+        let token = signed(header_with_typ(Some(TOKEN_TYPE)), &claims_json(), &key);
+        assert_eq!(
+            verifier.verify(&token).await,
+            Err(TokenError::LifetimeTooLong),
+            "600 seconds is more than 300"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_token_without_iat_is_refused() {
+        let (verifier, key) = one_key_verifier();
+        let mut claims = claims_json();
+        claims.as_object_mut().unwrap().remove("iat");
+        let token = signed(header_with_typ(Some(TOKEN_TYPE)), &claims, &key);
+        assert_eq!(verifier.verify(&token).await, Err(TokenError::Malformed));
     }
 }

@@ -26,9 +26,10 @@ pub struct AuthSettings {
     /// used, and made on first start.
     #[arg(long, env = "SIGNING_KEY_FILE")]
     pub signing_key_file: Option<PathBuf>,
-    /// How long an access token is valid, in seconds (1 minute to 1 hour).
+    /// How long an access token is valid, in seconds (1 minute to 1 hour). Verifiers
+    /// refuse tokens that live longer than an hour.
     #[arg(long, env = "TOKEN_TTL_SECS", default_value_t = 1800,
-          value_parser = clap::value_parser!(u64).range(60..=3600))]
+          value_parser = clap::value_parser!(u64).range(60..=access_token::DEFAULT_MAX_LIFETIME.as_secs()))]
     pub token_ttl_secs: u64,
     /// Password hashes computed at once; 0 means one per CPU core (all but one
     /// when the gateway runs the services itself). Logins beyond this wait, so

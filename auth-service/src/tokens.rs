@@ -5,7 +5,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use access_token::{AUDIENCE, Claims, ISSUER};
+use access_token::{AUDIENCE, Claims, ISSUER, TOKEN_TYPE};
 use jsonwebtoken::{Algorithm, Header};
 use service_kit::ApiError;
 use uuid::Uuid;
@@ -50,6 +50,7 @@ impl TokenIssuer {
             sid: Some(session_id.to_string()),
         };
         let mut header = Header::new(Algorithm::EdDSA);
+        header.typ = Some(TOKEN_TYPE.to_owned());
         header.kid = Some(self.keys.kid().to_owned());
         let token = jsonwebtoken::encode(&header, &claims, self.keys.encoding_key())
             .map_err(ApiError::internal)?;
@@ -59,5 +60,44 @@ impl TokenIssuer {
             expires_in: self.ttl,
             expires_at: UNIX_EPOCH + Duration::from_secs(claims.exp),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use access_token::{StaticKeys, TokenVerifier};
+    use ed25519_dalek::pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding};
+
+    use super::*;
+
+    /// Signing keys from a fresh PEM file, as production loads them.
+    fn signing_keys() -> Arc<SigningKeys> {
+        let key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
+        let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
+        let path = std::env::temp_dir().join(format!("agora-signing-{}.pem", Uuid::now_v7()));
+        std::fs::write(&path, pem.as_bytes()).unwrap();
+        let keys = SigningKeys::from_pem_file(&path);
+        std::fs::remove_file(&path).unwrap();
+        Arc::new(keys.unwrap())
+    }
+
+    #[tokio::test]
+    async fn issued_tokens_are_typed_at_jwt_and_verify() {
+        let keys = signing_keys();
+        let issuer = TokenIssuer::new(keys.clone(), Duration::from_secs(3600));
+        let user_id = Uuid::now_v7();
+
+        let issued = issuer.issue(user_id).unwrap();
+
+        let header = jsonwebtoken::decode_header(&issued.token).unwrap();
+        assert_eq!(header.typ.as_deref(), Some("at+jwt"), "RFC 9068");
+        assert_eq!(header.kid.as_deref(), Some(keys.kid()));
+        let verifier = TokenVerifier::new(StaticKeys(keys.published().clone()));
+        let caller = verifier
+            .verify(&issued.token)
+            .await
+            .expect("the longest configurable lifetime verifies");
+        assert_eq!(caller.user_id, user_id);
+        assert_eq!(caller.session_id, Some(issued.session_id));
     }
 }
