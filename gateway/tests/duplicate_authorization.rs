@@ -16,21 +16,13 @@ use tonic::{Request, Status, transport::Channel};
 
 const REFUSAL: &str = "more than one authorization value; send exactly one access token";
 
-/// The gateway in front of `system`, serving; its gRPC and HTTP addresses.
+/// The gateway in front of `system`, serving; its gRPC edge and HTTP base URL.
 async fn spawn_gateway(system: &System) -> (Channel, String) {
-    let config = gateway::Config {
-        auth_service_url: Some(system.auth.url()),
-        posts_service_url: Some(system.posts.url()),
-        votes_service_url: Some(system.votes.url()),
-        ..gateway::Config::ephemeral()
-    };
-    let gateway = gateway::build(&config).await.expect("the gateway starts");
-    let edge = Channel::from_shared(format!("http://{}", gateway.grpc_addr()))
+    let gateway = system.spawn_gateway(|_| {}).await;
+    let edge = Channel::from_shared(format!("http://{}", gateway.grpc))
         .unwrap()
         .connect_lazy();
-    let http = format!("http://{}", gateway.http_addr());
-    tokio::spawn(gateway.run_until(std::future::pending()));
-    (edge, http)
+    (edge, format!("http://{}", gateway.http))
 }
 
 /// Pairs of `authorization` values, each with its name.

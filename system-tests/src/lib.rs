@@ -195,7 +195,37 @@ pub fn assert_bad_request(status: &Status, fields: &[&str], case: &str) {
     assert_eq!(named, fields, "{case}: fields named in BadRequest");
 }
 
+/// Where a gateway serves.
+#[derive(Debug, Clone, Copy)]
+pub struct GatewayAddresses {
+    pub grpc: SocketAddr,
+    pub http: SocketAddr,
+}
+
 impl System {
+    /// Starts a gateway in front of this system, as the binary starts with
+    /// upstream URLs, with `adjust` applied to its settings; it serves until the
+    /// test ends.
+    pub async fn spawn_gateway(
+        &self,
+        adjust: impl FnOnce(&mut gateway::Config),
+    ) -> GatewayAddresses {
+        let mut config = gateway::Config {
+            auth_service_url: Some(self.auth.url()),
+            posts_service_url: Some(self.posts.url()),
+            votes_service_url: Some(self.votes.url()),
+            ..gateway::Config::ephemeral()
+        };
+        adjust(&mut config);
+        let gateway = gateway::build(&config).await.expect("the gateway starts");
+        let addresses = GatewayAddresses {
+            grpc: gateway.grpc_addr(),
+            http: gateway.http_addr(),
+        };
+        tokio::spawn(gateway.run_until(std::future::pending()));
+        addresses
+    }
+
     /// Registers and logs in a new person.
     pub async fn sign_up(&self, email: &str) -> Person {
         let user = self

@@ -53,16 +53,10 @@ async fn spawn_facade(pool: PgPool) -> (System, Facade) {
 /// [`spawn_facade`] with `HTTP_SHOW_EMAILS` set to `show_emails`.
 async fn spawn_facade_showing_emails(pool: PgPool, show_emails: bool) -> (System, Facade) {
     let system = spawn_system(pool).await;
-    let config = gateway::Config {
-        auth_service_url: Some(system.auth.url()),
-        posts_service_url: Some(system.posts.url()),
-        votes_service_url: Some(system.votes.url()),
-        http_show_emails: show_emails,
-        ..gateway::Config::ephemeral()
-    };
-    let gateway = gateway::build(&config).await.expect("the gateway starts");
-    let base = format!("http://{}", gateway.http_addr());
-    tokio::spawn(gateway.run_until(std::future::pending()));
+    let gateway = system
+        .spawn_gateway(|config| config.http_show_emails = show_emails)
+        .await;
+    let base = format!("http://{}", gateway.http);
     let facade = Facade {
         base,
         client: Client::new(),

@@ -88,15 +88,7 @@ const METHODS: &[&str] = &[
 async fn undecodable_requests_are_invalid_arguments_at_every_service_and_the_gateway(pool: PgPool) {
     let system = spawn_system(pool).await;
     let alice = system.sign_up("alice@example.com").await;
-    let config = gateway::Config {
-        auth_service_url: Some(system.auth.url()),
-        posts_service_url: Some(system.posts.url()),
-        votes_service_url: Some(system.votes.url()),
-        ..gateway::Config::ephemeral()
-    };
-    let gateway = gateway::build(&config).await.expect("the gateway starts");
-    let edge = format!("http://{}", gateway.grpc_addr());
-    tokio::spawn(gateway.run_until(std::future::pending()));
+    let edge = format!("http://{}", system.spawn_gateway(|_| {}).await.grpc);
 
     let direct = |path: &str| {
         let service = match path.split('.').nth(1) {
