@@ -30,6 +30,29 @@ impl KeySource for StaticKeys {
     }
 }
 
+/// A JWK Set file, read again at every fetch: replacing the file rotates the
+/// keys of a verifier kept fresh, without a restart.
+pub struct KeysFile(pub std::path::PathBuf);
+
+impl KeysFile {
+    /// The set the file holds now.
+    pub fn read(&self) -> Result<JwkSet, KeySourceError> {
+        let path = self.0.display();
+        let text = std::fs::read_to_string(&self.0)
+            .map_err(|error| KeySourceError(format!("cannot read {path}: {error}")))?;
+        serde_json::from_str(&text)
+            .map_err(|error| KeySourceError(format!("{path} is not a JWK Set: {error}")))
+    }
+}
+
+impl KeySource for KeysFile {
+    fn fetch(&self) -> Pin<Box<dyn Future<Output = Result<JwkSet, KeySourceError>> + Send + '_>> {
+        // A small local file: read in place rather than on a blocking thread.
+        let keys = self.read();
+        Box::pin(async move { keys })
+    }
+}
+
 /// The keys that auth-service publishes through `AuthService/GetJwks`.
 pub struct AuthServiceKeys {
     client: AuthServiceClient<Channel>,

@@ -13,7 +13,7 @@ mod verifier;
 
 pub use claims::{AUDIENCE, Caller, Claims, ISSUER, TOKEN_TYPE};
 pub use keys::{
-    AuthServiceKeys, KeySource, KeySourceError, StaticKeys, jwk_from_proto, jwk_to_proto,
+    AuthServiceKeys, KeySource, KeySourceError, KeysFile, StaticKeys, jwk_from_proto, jwk_to_proto,
 };
 pub use layer::{PublicMethods, RequireTokenLayer, RequireTokenService, bearer_token, caller};
-pub use verifier::{DEFAULT_MAX_LIFETIME, TokenError, TokenVerifier};
+pub use verifier::{DEFAULT_MAX_LIFETIME, KEY_REFRESH_INTERVAL, TokenError, TokenVerifier};

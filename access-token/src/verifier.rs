@@ -24,6 +24,12 @@ pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(3600);
 /// more often than this, so forged `kid`s cannot flood auth-service.
 const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 
+/// How often a verifier kept fresh ([`TokenVerifier::keep_keys_fresh`]) fetches
+/// the key set although no token named an unknown key: a key removed from the
+/// set (say, after it leaked) stops being trusted, and the tokens it signed stop
+/// being remembered, within this bound and the time a fetch takes.
+pub const KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+
 /// Why a token was refused. The messages are safe to show to the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TokenError {
@@ -140,6 +146,30 @@ impl TokenVerifier {
         self
     }
 
+    /// Fetches the key set every `every` (at most every few seconds) for as long
+    /// as the verifier lives, besides fetching it when a token names an unknown
+    /// key. A fetch that fails keeps the keys already known: while the source is
+    /// down, tokens they signed stay valid, and the bound holds again once it is
+    /// back. Needs a Tokio runtime.
+    pub fn keep_keys_fresh(self: &Arc<Self>, every: Duration) {
+        let every = every.max(self.min_refresh_interval);
+        let verifier = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            // The first tick is at once; keys are fetched when first needed.
+            ticks.tick().await;
+            loop {
+                ticks.tick().await;
+                let Some(verifier) = verifier.upgrade() else {
+                    return;
+                };
+                // Due whenever the last fetch was, or the bound would be two intervals.
+                verifier.refresh_unless_tried_within(Duration::ZERO).await;
+            }
+        });
+    }
+
     /// Checks `token` (without the `Bearer ` prefix) and returns whose it is.
     pub async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
         if let Some(caller) = self.remembered(token) {
@@ -238,9 +268,16 @@ impl TokenVerifier {
     /// Fetches the keys unless that was tried moments ago; whether the latest
     /// fetch worked.
     async fn refresh(&self) -> bool {
+        self.refresh_unless_tried_within(self.min_refresh_interval)
+            .await
+    }
+
+    /// Fetches the keys unless that was tried within `recent`; whether the
+    /// latest fetch worked.
+    async fn refresh_unless_tried_within(&self, recent: Duration) -> bool {
         let mut last_refresh = self.last_refresh.lock().await;
         if let Some((at, worked)) = *last_refresh
-            && at.elapsed() < self.min_refresh_interval
+            && at.elapsed() < recent
         {
             return worked;
         }
@@ -413,6 +450,49 @@ mod tests {
             verifier.verify(&old_token).await,
             Err(TokenError::UnknownKey),
             "the old key's tokens went with it"
+        );
+    }
+
+    #[tokio::test]
+    async fn a_verifier_kept_fresh_stops_trusting_a_removed_key_within_the_interval() {
+        let (key, jwk) = new_key("leaked");
+        let source = Swappable::default();
+        *source.0.lock().unwrap() = JwkSet { keys: vec![jwk] };
+        let mut verifier = TokenVerifier::new(source.clone());
+        verifier.min_refresh_interval = Duration::ZERO;
+        let verifier = Arc::new(verifier);
+        let every = Duration::from_millis(50);
+        verifier.keep_keys_fresh(every);
+        let token = token(&key, "leaked");
+        verifier.verify(&token).await.expect("a genuine token");
+
+        // No token names an unknown key, yet the removal is seen.
+        *source.0.lock().unwrap() = JwkSet::default();
+        tokio::time::sleep(every * 4).await;
+        assert!(
+            verifier.keys.read().unwrap().is_empty(),
+            "keys fetched again"
+        );
+        assert_eq!(
+            verifier.verify(&token).await,
+            Err(TokenError::UnknownKey),
+            "neither remembered nor verifiable any more"
+        );
+    }
+
+    #[tokio::test]
+    async fn keeping_keys_fresh_ends_with_the_verifier() {
+        let source = Swappable::default();
+        let mut verifier = TokenVerifier::new(source.clone());
+        verifier.min_refresh_interval = Duration::ZERO;
+        let verifier = Arc::new(verifier);
+        verifier.keep_keys_fresh(Duration::from_millis(10));
+        let weak = Arc::downgrade(&verifier);
+        drop(verifier);
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(
+            weak.upgrade().is_none(),
+            "the refresher holds no strong reference"
         );
     }
 

@@ -31,6 +31,12 @@ pub struct Config {
     /// A JWK Set to verify tokens with, instead of asking auth-service.
     #[arg(long, env = "JWKS_FILE")]
     pub jwks_file: Option<PathBuf>,
+    /// Seconds between two fetches of the token keys (or readings of the file)
+    /// when no token names an unknown key: a key removed from the set stops being
+    /// trusted within this bound.
+    #[arg(long, env = "TOKEN_KEYS_REFRESH_SECS", default_value_t = access_token::KEY_REFRESH_INTERVAL.as_secs(),
+          value_parser = clap::value_parser!(u64).range(5..=3600))]
+    pub token_keys_refresh_secs: u64,
     /// Origins allowed to call from a browser (gRPC-Web and HTTP); `*` for any.
     #[arg(
         long,
@@ -80,6 +86,7 @@ impl Config {
             posts_service_url: None,
             votes_service_url: None,
             jwks_file: None,
+            token_keys_refresh_secs: access_token::KEY_REFRESH_INTERVAL.as_secs(),
             cors_allowed_origins: vec!["*".to_owned()],
             http_show_emails: true,
             auth: auth_service::AuthSettings::default(),

@@ -12,7 +12,7 @@ pub mod embedded;
 pub mod http;
 pub mod upstreams;
 
-use std::{future::Future, net::SocketAddr, sync::Arc};
+use std::{future::Future, net::SocketAddr};
 
 use axum::serve::ListenerExt;
 use service_kit::{
@@ -82,8 +82,9 @@ pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
     let token_keys = TokenKeysArgs {
         auth_service_url: urls.auth.clone(),
         jwks_file: config.jwks_file.clone(),
+        token_keys_refresh_secs: config.token_keys_refresh_secs,
     };
-    let verifier = Arc::new(token_keys.verifier()?);
+    let verifier = token_keys.verifier()?;
     let bind = |address: SocketAddr| async move {
         TcpListener::bind(address)
             .await

@@ -35,10 +35,7 @@ impl Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             votes_service_url: votes_service_url.into(),
-            token_keys: TokenKeysArgs {
-                auth_service_url: auth_service_url.into(),
-                jwks_file: None,
-            },
+            token_keys: TokenKeysArgs::new(auth_service_url),
             common: CommonArgs::default(),
         }
     }

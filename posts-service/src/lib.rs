@@ -13,7 +13,7 @@ mod listing;
 mod neighbours;
 mod posts;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
 
 use agora_proto::{
     auth::v1::user_service_client::UserServiceClient,
@@ -39,7 +39,7 @@ impl ServiceConfig for Config {
 
     /// posts-service's gRPC service.
     async fn served_api(&self, pool: PgPool) -> Result<ServedApi, StartupError> {
-        let verifier = Arc::new(self.token_keys.verifier()?);
+        let verifier = self.token_keys.verifier()?;
         let channel = |what: &str, url: &str| {
             upstream(url)
                 .map(|replicas| replicas.hop())

@@ -1,9 +1,8 @@
 //! Settings every server takes, as flags or environment variables.
 
-use std::time::Duration;
+use std::{sync::Arc, time::Duration};
 
-use access_token::{AuthServiceKeys, StaticKeys, TokenVerifier};
-use jsonwebtoken::jwk::JwkSet;
+use access_token::{AuthServiceKeys, KEY_REFRESH_INTERVAL, KeysFile, TokenVerifier};
 use secrecy::{ExposeSecret, SecretString};
 
 /// Protections a gRPC server applies to every call.
@@ -160,27 +159,46 @@ pub struct TokenKeysArgs {
     /// A JWK Set file to verify with instead of asking auth-service.
     #[arg(long, env = "JWKS_FILE")]
     pub jwks_file: Option<std::path::PathBuf>,
+    /// Seconds between two fetches of the keys (or readings of the file) when no
+    /// token names an unknown key: a key removed from the set stops being trusted
+    /// within this bound.
+    #[arg(long, env = "TOKEN_KEYS_REFRESH_SECS", default_value_t = KEY_REFRESH_INTERVAL.as_secs(),
+          value_parser = clap::value_parser!(u64).range(5..=3600))]
+    pub token_keys_refresh_secs: u64,
 }
 
 impl TokenKeysArgs {
-    /// A verifier on these keys. It connects lazily, so auth-service may start later.
-    pub fn verifier(&self) -> Result<TokenVerifier, KeyConfigError> {
-        match &self.jwks_file {
+    /// Keys from auth-service at `auth_service_url`, refreshed at the default
+    /// interval.
+    pub fn new(auth_service_url: impl Into<String>) -> Self {
+        Self {
+            auth_service_url: auth_service_url.into(),
+            jwks_file: None,
+            token_keys_refresh_secs: KEY_REFRESH_INTERVAL.as_secs(),
+        }
+    }
+
+    /// A verifier on these keys, which fetches them again every
+    /// `token_keys_refresh_secs` (a JWK Set file is read again), so a key removed
+    /// from the set stops being trusted within that bound. It connects lazily, so
+    /// auth-service may start later; needs a Tokio runtime.
+    pub fn verifier(&self) -> Result<Arc<TokenVerifier>, KeyConfigError> {
+        let verifier = match &self.jwks_file {
             Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|error| {
-                    KeyConfigError(format!("cannot read {}: {error}", path.display()))
-                })?;
-                let keys: JwkSet = serde_json::from_str(&text).map_err(|error| {
-                    KeyConfigError(format!("{} is not a JWK Set: {error}", path.display()))
-                })?;
-                Ok(TokenVerifier::new(StaticKeys(keys)))
+                let file = KeysFile(path.clone());
+                // Read once now, so that a bad file stops the start-up.
+                file.read().map_err(|error| KeyConfigError(error.0))?;
+                TokenVerifier::new(file)
             }
             None => {
                 let auth = crate::client::upstream(&self.auth_service_url)
                     .map_err(|error| KeyConfigError(format!("AUTH_SERVICE_URL: {error}")))?;
-                Ok(TokenVerifier::new(AuthServiceKeys::new(auth.channel())))
+                TokenVerifier::new(AuthServiceKeys::new(auth.channel()))
             }
-        }
+        };
+        let verifier = Arc::new(verifier);
+        verifier.keep_keys_fresh(Duration::from_secs(self.token_keys_refresh_secs));
+        Ok(verifier)
     }
 }
 

@@ -22,10 +22,7 @@ impl Config {
     pub fn ephemeral(auth_service_url: impl Into<String>) -> Self {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
-            token_keys: TokenKeysArgs {
-                auth_service_url: auth_service_url.into(),
-                jwks_file: None,
-            },
+            token_keys: TokenKeysArgs::new(auth_service_url),
             common: CommonArgs::default(),
         }
     }

@@ -10,7 +10,7 @@ pub mod config;
 mod grpc;
 mod votes;
 
-use std::{net::SocketAddr, sync::Arc};
+use std::net::SocketAddr;
 
 use agora_proto::votes::v1::vote_service_server::VoteServiceServer;
 use service_kit::{CommonArgs, ServedApi, ServiceConfig, StartupError};
@@ -28,7 +28,7 @@ impl ServiceConfig for Config {
 
     /// votes-service's gRPC service.
     async fn served_api(&self, pool: PgPool) -> Result<ServedApi, StartupError> {
-        let verifier = Arc::new(self.token_keys.verifier()?);
+        let verifier = self.token_keys.verifier()?;
         let votes = VoteServiceServer::new(grpc::VoteApi { pool: pool.clone() })
             .max_decoding_message_size(self.common.limits.max_message_bytes);
         Ok(ServedApi::new(

@@ -169,13 +169,10 @@ async fn services_verify_with_keys_from_auth_service_or_a_jwks_file(pool: PgPool
     let path = std::env::temp_dir().join(format!("agora-test-jwks-{}.json", uuid::Uuid::now_v7()));
     std::fs::write(&path, serde_json::to_string(&set).unwrap()).unwrap();
 
-    let from_service = TokenKeysArgs {
-        auth_service_url: format!("http://{}", app.address),
-        jwks_file: None,
-    };
+    let from_service = TokenKeysArgs::new(format!("http://{}", app.address));
     let from_file = TokenKeysArgs {
-        auth_service_url: "http://127.0.0.1:1".to_owned(),
         jwks_file: Some(path.clone()),
+        ..TokenKeysArgs::new("http://127.0.0.1:1")
     };
     for (case, args) in [("auth-service", from_service), ("JWKS file", from_file)] {
         let caller = args
@@ -188,8 +185,8 @@ async fn services_verify_with_keys_from_auth_service_or_a_jwks_file(pool: PgPool
     }
 
     let garbage = TokenKeysArgs {
-        auth_service_url: String::new(),
         jwks_file: Some(std::env::temp_dir().join("agora-no-such-jwks.json")),
+        ..TokenKeysArgs::new("")
     };
     assert!(
         garbage.verifier().is_err(),
