@@ -130,10 +130,15 @@ impl Accounts {
             users::login_password("password", password),
         )?;
         let email = email.as_str();
+        // A place for the hash first: a refusal then costs no query. The
+        // failure count and the stored hash are read in this call's turn, so a
+        // burst of logins queries one at a time, beside the reads of everyone
+        // else, and takes its turns in the order it came.
+        let turn = self.passwords.admit(deadline)?.turn().await?;
         // Failures are counted per account, whichever spelling of its email
         // they use.
         let throttled_as = users::email_key(email);
-        if let Err(wait) = self.throttle.check(&throttled_as) {
+        if let Err(wait) = self.throttle.check(&self.pool, &throttled_as).await? {
             return Err(ApiError::Throttled {
                 reason: ErrorReason::LoginThrottled,
                 message: format!(
@@ -143,10 +148,6 @@ impl Accounts {
                 retry_after: wait,
             });
         }
-        // A place for the hash first: a refusal then costs no query. The stored
-        // hash is read in this call's turn, so a burst of logins queries one at a
-        // time, beside the reads of everyone else.
-        let turn = self.passwords.admit(deadline)?.turn().await?;
         let credentials = {
             let mut conn = self.pool.acquire().await?;
             users::find_credentials(&mut conn, email).await?
@@ -159,10 +160,14 @@ impl Accounts {
             .as_ref()
             .map(|found| found.password_hash.clone());
         if !turn.verify(typed, hash).await? {
-            self.throttle.record_failure(&throttled_as);
+            self.throttle
+                .record_failure(&self.pool, &throttled_as)
+                .await?;
             return Err(BAD_CREDENTIALS);
         }
-        self.throttle.record_success(&throttled_as);
+        self.throttle
+            .record_success(&self.pool, &throttled_as)
+            .await?;
         let credentials = credentials.expect("a matching password implies a stored user");
         let user_id = credentials.user_id;
         tracing::Span::current().record("user_id", tracing::field::display(user_id));

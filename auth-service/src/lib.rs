@@ -26,6 +26,8 @@ use sqlx::PgPool;
 use tonic::{server::NamedService, service::Routes};
 
 pub use config::{AuthSettings, Config};
+/// The key an email's login failures are counted by (as `auth.email_key` in SQL).
+pub use users::email_key;
 /// For tests: what the periodic purge started by `served_api` does each round.
 pub use users::purge_expired_request_ids;
 
@@ -56,6 +58,10 @@ impl ServiceConfig for Config {
         .map_err(|error| {
             StartupError::Config(format!("cannot prepare password hashing: {error}"))
         })?;
+        let throttle = Arc::new(throttle::LoginThrottle::new(
+            config.auth.login_max_failures,
+            config.auth.login_failure_window(),
+        ));
         let accounts = accounts::Accounts {
             pool: pool.clone(),
             passwords,
@@ -63,10 +69,7 @@ impl ServiceConfig for Config {
                 keys.clone(),
                 config.auth.token_ttl(),
             )),
-            throttle: Arc::new(throttle::LoginThrottle::new(
-                config.auth.login_max_failures,
-                config.auth.login_failure_window(),
-            )),
+            throttle: throttle.clone(),
         };
         let max_message_bytes = config.common.limits.max_message_bytes;
         let users = UserServiceServer::new(grpc::UserApi {
@@ -79,10 +82,15 @@ impl ServiceConfig for Config {
             verifier: verifier.clone(),
         })
         .max_decoding_message_size(max_message_bytes);
-        tokio::spawn(request_ids::purge_periodically(
-            pool.clone(),
-            |pool| async move { users::purge_expired_request_ids(&mut *pool.acquire().await?).await },
-        ));
+        // Request ids past their lifetime, and login failure counts past their window.
+        tokio::spawn(request_ids::purge_periodically(pool.clone(), move |pool| {
+            let throttle = throttle.clone();
+            async move {
+                let mut conn = pool.acquire().await?;
+                let ids = users::purge_expired_request_ids(&mut conn).await?;
+                Ok(ids + throttle.purge_ended(&mut conn).await?)
+            }
+        }));
         Ok(ServedApi::new(
             vec![
                 <UserServiceServer<grpc::UserApi> as NamedService>::NAME,

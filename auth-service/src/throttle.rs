@@ -1,31 +1,23 @@
-//! Slows password guessing: after too many failed logins for one email within a
-//! window, further logins for it are refused at once, without hashing, until the
-//! window ends. Every email is treated alike, registered or not, so the refusal
-//! says nothing about which emails exist.
+//! Slows password guessing: after too many failed logins for one account within
+//! a window, further logins for it are refused at once, without hashing, until
+//! the window ends. Every email is treated alike, registered or not, so the
+//! refusal says nothing about which emails exist.
 //!
-//! The count lives in this process: with several replicas behind a load balancer,
-//! each keeps its own, which multiplies the allowance by the number of replicas.
+//! The counts live in auth's schema (`auth.login_failures`), so every replica
+//! sees the same count: N replicas do not give N times the allowance. A login
+//! costs one more small query, and a failure one upsert. At a scale where that
+//! table became hot, a shared in-memory store with expiring counters (Redis
+//! `INCR` with `EXPIRE`, say) would take its place behind the same three calls.
 
-use std::{
-    collections::HashMap,
-    sync::Mutex,
-    time::{Duration, Instant},
-};
+use std::time::Duration;
 
-/// More emails than this are not tracked until old entries expire, so spraying
-/// made-up emails cannot exhaust memory.
-const MAX_TRACKED: usize = 100_000;
+use service_kit::ApiError;
+use sqlx::{PgConnection, PgPool};
 
-/// Failed logins per email in the current window.
+/// Failed logins per account key in the current window.
 pub struct LoginThrottle {
     max_failures: u32,
     window: Duration,
-    failures: Mutex<HashMap<String, Failures>>,
-}
-
-struct Failures {
-    count: u32,
-    since: Instant,
 }
 
 impl LoginThrottle {
@@ -34,109 +26,76 @@ impl LoginThrottle {
         Self {
             max_failures,
             window,
-            failures: Mutex::new(HashMap::new()),
         }
     }
 
-    /// `Err(wait)` while `email` has used up its failures.
-    pub fn check(&self, email: &str) -> Result<(), Duration> {
-        if self.max_failures == 0 {
+    fn off(&self) -> bool {
+        self.max_failures == 0
+    }
+
+    /// `Ok(Err(wait))` while `key` has used up its failures.
+    pub async fn check(&self, pool: &PgPool, key: &str) -> Result<Result<(), Duration>, ApiError> {
+        if self.off() {
+            return Ok(Ok(()));
+        }
+        // The database's clock decides, so replicas whose clocks differ agree.
+        let wait_secs = sqlx::query_scalar!(
+            r#"select extract(epoch from window_start + make_interval(secs => $3) - now())::float8
+                        as "wait_secs!"
+                 from auth.login_failures
+                where key = $1 and failures >= $2
+                  and window_start > now() - make_interval(secs => $3)"#,
+            key,
+            self.max_failures as i32,
+            self.window.as_secs_f64(),
+        )
+        .fetch_optional(pool)
+        .await?;
+        Ok(match wait_secs {
+            Some(secs) => Err(Duration::from_secs_f64(secs.max(0.0))),
+            None => Ok(()),
+        })
+    }
+
+    /// Counts a failure for `key`, in a new window if the last one has ended.
+    pub async fn record_failure(&self, pool: &PgPool, key: &str) -> Result<(), ApiError> {
+        if self.off() {
             return Ok(());
         }
-        let failures = self.failures.lock().expect("throttle lock poisoned");
-        match failures.get(&key(email)) {
-            Some(entry)
-                if entry.count >= self.max_failures && entry.since.elapsed() < self.window =>
-            {
-                Err(self.window - entry.since.elapsed())
-            }
-            _ => Ok(()),
-        }
-    }
-
-    pub fn record_failure(&self, email: &str) {
-        if self.max_failures == 0 {
-            return;
-        }
-        let mut failures = self.failures.lock().expect("throttle lock poisoned");
-        if failures.len() >= MAX_TRACKED {
-            failures.retain(|_, entry| entry.since.elapsed() < self.window);
-        }
-        let tracked = failures.len() < MAX_TRACKED;
-        let now = Instant::now();
-        match failures.get_mut(&key(email)) {
-            Some(entry) if entry.since.elapsed() < self.window => entry.count += 1,
-            Some(entry) => {
-                *entry = Failures {
-                    count: 1,
-                    since: now,
-                }
-            }
-            None if tracked => {
-                failures.insert(
-                    key(email),
-                    Failures {
-                        count: 1,
-                        since: now,
-                    },
-                );
-            }
-            None => {}
-        }
+        sqlx::query!(
+            "insert into auth.login_failures as counted (key, failures) values ($1, 1)
+             on conflict (key) do update set
+                 failures = case when counted.window_start > now() - make_interval(secs => $2)
+                                 then counted.failures + 1 else 1 end,
+                 window_start = case when counted.window_start > now() - make_interval(secs => $2)
+                                     then counted.window_start else now() end",
+            key,
+            self.window.as_secs_f64(),
+        )
+        .execute(pool)
+        .await?;
+        Ok(())
     }
 
     /// A successful login starts the count afresh.
-    pub fn record_success(&self, email: &str) {
-        self.failures
-            .lock()
-            .expect("throttle lock poisoned")
-            .remove(&key(email));
-    }
-}
-
-fn key(email: &str) -> String {
-    email.trim().to_lowercase()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn failures_past_the_limit_are_refused_until_the_window_ends() {
-        let throttle = LoginThrottle::new(2, Duration::from_millis(200));
-        throttle.record_failure("Alice@example.com");
-        assert!(
-            throttle.check("alice@example.com").is_ok(),
-            "one failure of two"
-        );
-        throttle.record_failure("alice@example.com ");
-        let wait = throttle.check("ALICE@example.com").unwrap_err();
-        assert!(wait <= Duration::from_millis(200));
-        assert!(
-            throttle.check("bob@example.com").is_ok(),
-            "others are not affected"
-        );
-
-        std::thread::sleep(wait);
-        assert!(
-            throttle.check("alice@example.com").is_ok(),
-            "the window has passed"
-        );
-    }
-
-    #[test]
-    fn a_success_starts_afresh_and_zero_turns_it_off() {
-        let throttle = LoginThrottle::new(2, Duration::from_secs(60));
-        throttle.record_failure("alice@example.com");
-        throttle.record_success("alice@example.com");
-        throttle.record_failure("alice@example.com");
-        assert!(throttle.check("alice@example.com").is_ok());
-
-        let off = LoginThrottle::new(0, Duration::from_secs(60));
-        for _ in 0..10 {
-            off.record_failure("alice@example.com");
+    pub async fn record_success(&self, pool: &PgPool, key: &str) -> Result<(), ApiError> {
+        if self.off() {
+            return Ok(());
         }
-        assert!(off.check("alice@example.com").is_ok());
+        sqlx::query!("delete from auth.login_failures where key = $1", key)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the counts whose window has ended; how many.
+    pub async fn purge_ended(&self, conn: &mut PgConnection) -> Result<u64, ApiError> {
+        let deleted = sqlx::query!(
+            "delete from auth.login_failures where window_start <= now() - make_interval(secs => $1)",
+            self.window.as_secs_f64(),
+        )
+        .execute(conn)
+        .await?;
+        Ok(deleted.rows_affected())
     }
 }

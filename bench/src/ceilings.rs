@@ -107,8 +107,21 @@ pub async fn vote_pair(pool: &PgPool, post: Uuid, user: Uuid) -> Result<(), sqlx
     Ok(())
 }
 
-/// Only the look-up: the argon2id hash that dominates a login is not SQL.
+/// A login's SQL, not its argon2id hash, which dominates it: the failure count,
+/// the look-up, and the count's reset after the success.
 pub async fn login(pool: &PgPool, email: &str) -> Result<(), sqlx::Error> {
+    let key = auth_service::email_key(email);
+    sqlx::query(
+        "select extract(epoch from window_start + make_interval(secs => $3) - now())::float8
+           from auth.login_failures
+          where key = $1 and failures >= $2
+            and window_start > now() - make_interval(secs => $3)",
+    )
+    .bind(&key)
+    .bind(10_i32)
+    .bind(900.0_f64)
+    .fetch_optional(pool)
+    .await?;
     sqlx::query(
         "select id, password_hash, password_normalization from auth.users
           where (auth.email_key(email) = auth.email_key($1) and not email_lookalike)
@@ -119,6 +132,10 @@ pub async fn login(pool: &PgPool, email: &str) -> Result<(), sqlx::Error> {
     .bind(email)
     .fetch_optional(pool)
     .await?;
+    sqlx::query("delete from auth.login_failures where key = $1")
+        .bind(&key)
+        .execute(pool)
+        .await?;
     Ok(())
 }
 

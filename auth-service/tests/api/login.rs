@@ -224,3 +224,52 @@ async fn a_successful_login_starts_the_count_afresh(pool: PgPool) {
             .unwrap_or_else(|status| panic!("round {round}: {status:?}"));
     }
 }
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn replicas_share_one_failure_count(pool: PgPool) {
+    let replica_a = spawn_app_with(pool.clone(), throttled_after(4)).await;
+    let replica_b = spawn_app_with(pool, throttled_after(4)).await;
+    replica_a
+        .create_user("alice@example.com", PASSWORD)
+        .await
+        .unwrap();
+
+    // Two failures at each replica: fewer than either allows alone.
+    for replica in [&replica_a, &replica_b, &replica_a, &replica_b] {
+        let status = replica
+            .login("alice@example.com", "a wrong guess")
+            .await
+            .unwrap_err();
+        assert_eq!(status.code(), Code::Unauthenticated);
+    }
+    for (replica, app) in [("a", &replica_a), ("b", &replica_b)] {
+        let refused = app.login("alice@example.com", PASSWORD).await.unwrap_err();
+        assert_reason(&refused, ErrorReason::LoginThrottled, replica);
+    }
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn logins_are_answered_again_once_the_window_has_ended(pool: PgPool) {
+    let mut config = throttled_after(2);
+    config.auth.login_failure_window_secs = 1;
+    let app = spawn_app_with(pool, config).await;
+    app.create_user("alice@example.com", PASSWORD)
+        .await
+        .unwrap();
+    for _ in 1..=2 {
+        app.login("alice@example.com", "a wrong guess")
+            .await
+            .unwrap_err();
+    }
+    let refused = app.login("alice@example.com", PASSWORD).await.unwrap_err();
+    let wait = refused
+        .get_details_retry_info()
+        .and_then(|retry| retry.retry_delay)
+        .expect("a time to retry");
+    assert!(wait <= Duration::from_secs(1), "{wait:?}");
+
+    tokio::time::sleep(wait + Duration::from_millis(100)).await;
+    app.login("alice@example.com", PASSWORD)
+        .await
+        .expect("the window has ended");
+}
