@@ -17,13 +17,13 @@ use agora_proto::{
 };
 use prost::Message;
 use system_tests::{
-    assert_reason,
+    assert_reason, bearer,
     process::{
         Process, Running, ScratchDatabase, Topology, free_port, readme_example, require_tools, run,
         run_script, terminate_all,
     },
 };
-use tonic::{Request, transport::Channel};
+use tonic::transport::Channel;
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -44,14 +44,6 @@ fn assert_contains_all(text: &str, expected: &[&str], what: &str) {
             "{what}: {needle:?} missing from:\n{text}"
         );
     }
-}
-
-fn bearer<T>(token: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    request
-        .metadata_mut()
-        .insert("authorization", format!("Bearer {token}").parse().unwrap());
-    request
 }
 
 /// An access token for `email`, logged in through the gateway at `edge`.

@@ -15,10 +15,10 @@ use agora_proto::{
     votes::v1::{CountVotesRequest, vote_service_client::VoteServiceClient},
 };
 use system_tests::{
-    assert_reason,
+    assert_reason, bearer,
     process::{Env, Process, ScratchDatabase, Topology, terminate_all},
 };
-use tonic::{Code, Request, Status, transport::Channel};
+use tonic::{Code, Status, transport::Channel};
 
 const REFRESH_SECS: u64 = 5;
 /// Time for a fetch, and for the tick to come round, beyond the interval.
@@ -35,13 +35,6 @@ fn channel(address: &str) -> Channel {
     Channel::from_shared(format!("http://{address}"))
         .unwrap()
         .connect_lazy()
-}
-
-fn bearer<T>(token: &str, message: T) -> Request<T> {
-    let mut request = Request::new(message);
-    let value = format!("Bearer {token}").parse().unwrap();
-    request.metadata_mut().insert("authorization", value);
-    request
 }
 
 /// What posts- and votes-service answer a call with `token`: `Ok` or the status.

@@ -159,8 +159,13 @@ pub async fn spawn_with_liked_post(pool: PgPool) -> (System, Person, Person, pos
 
 /// `message` with the person's token as `authorization` metadata.
 pub fn as_person<T>(person: &Person, message: T) -> Request<T> {
+    bearer(&person.token, message)
+}
+
+/// `message` with `token` as `authorization` metadata.
+pub fn bearer<T>(token: &str, message: T) -> Request<T> {
     let mut request = Request::new(message);
-    let value = format!("Bearer {}", person.token)
+    let value = format!("Bearer {token}")
         .parse()
         .expect("a token is valid metadata");
     request.metadata_mut().insert("authorization", value);
