@@ -138,16 +138,19 @@ impl Accounts {
         // Failures are counted per account, whichever spelling of its email
         // they use.
         let throttled_as = users::email_key(email);
-        if let Err(wait) = self.throttle.check(&self.pool, &throttled_as).await? {
-            return Err(ApiError::Throttled {
-                reason: ErrorReason::LoginThrottled,
-                message: format!(
-                    "too many failed logins for this email; try again in {} seconds",
-                    wait.as_secs().max(1)
-                ),
-                retry_after: wait,
-            });
-        }
+        let counted = match self.throttle.check(&self.pool, &throttled_as).await? {
+            Ok(counted) => counted,
+            Err(wait) => {
+                return Err(ApiError::Throttled {
+                    reason: ErrorReason::LoginThrottled,
+                    message: format!(
+                        "too many failed logins for this email; try again in {} seconds",
+                        wait.as_secs().max(1)
+                    ),
+                    retry_after: wait,
+                });
+            }
+        };
         let credentials = {
             let mut conn = self.pool.acquire().await?;
             users::find_credentials(&mut conn, email).await?
@@ -166,7 +169,7 @@ impl Accounts {
             return Err(BAD_CREDENTIALS);
         }
         self.throttle
-            .record_success(&self.pool, &throttled_as)
+            .record_success(&self.pool, &throttled_as, counted)
             .await?;
         let credentials = credentials.expect("a matching password implies a stored user");
         let user_id = credentials.user_id;

@@ -14,6 +14,10 @@ use std::time::Duration;
 use service_kit::ApiError;
 use sqlx::{PgConnection, PgPool};
 
+/// Whether an account had failed logins in the current window when checked.
+#[derive(Debug, Clone, Copy)]
+pub struct Counted(bool);
+
 /// Failed logins per account key in the current window.
 pub struct LoginThrottle {
     max_failures: u32,
@@ -33,27 +37,33 @@ impl LoginThrottle {
         self.max_failures == 0
     }
 
-    /// `Ok(Err(wait))` while `key` has used up its failures.
-    pub async fn check(&self, pool: &PgPool, key: &str) -> Result<Result<(), Duration>, ApiError> {
+    /// `Ok(Err(wait))` while `key` has used up its failures; else whether it has
+    /// any in the current window, which only a success then needs to clear.
+    pub async fn check(
+        &self,
+        pool: &PgPool,
+        key: &str,
+    ) -> Result<Result<Counted, Duration>, ApiError> {
         if self.off() {
-            return Ok(Ok(()));
+            return Ok(Ok(Counted(false)));
         }
         // The database's clock decides, so replicas whose clocks differ agree.
-        let wait_secs = sqlx::query_scalar!(
-            r#"select extract(epoch from window_start + make_interval(secs => $3) - now())::float8
+        let row = sqlx::query!(
+            r#"select failures,
+                      extract(epoch from window_start + make_interval(secs => $2) - now())::float8
                         as "wait_secs!"
                  from auth.login_failures
-                where key = $1 and failures >= $2
-                  and window_start > now() - make_interval(secs => $3)"#,
+                where key = $1 and window_start > now() - make_interval(secs => $2)"#,
             key,
-            self.max_failures as i32,
             self.window.as_secs_f64(),
         )
         .fetch_optional(pool)
         .await?;
-        Ok(match wait_secs {
-            Some(secs) => Err(Duration::from_secs_f64(secs.max(0.0))),
-            None => Ok(()),
+        Ok(match row {
+            Some(row) if row.failures as u32 >= self.max_failures => {
+                Err(Duration::from_secs_f64(row.wait_secs.max(0.0)))
+            }
+            row => Ok(Counted(row.is_some())),
         })
     }
 
@@ -77,9 +87,15 @@ impl LoginThrottle {
         Ok(())
     }
 
-    /// A successful login starts the count afresh.
-    pub async fn record_success(&self, pool: &PgPool, key: &str) -> Result<(), ApiError> {
-        if self.off() {
+    /// A successful login starts the count afresh; a login that found none
+    /// writes nothing.
+    pub async fn record_success(
+        &self,
+        pool: &PgPool,
+        key: &str,
+        counted: Counted,
+    ) -> Result<(), ApiError> {
+        if !counted.0 {
             return Ok(());
         }
         sqlx::query!("delete from auth.login_failures where key = $1", key)

@@ -351,7 +351,7 @@ impl Results {
         }
         writeln!(
             f,
-            "Login's ceiling is its SQL only (failure count, look-up, reset): the argon2id hash is \
+            "Login's ceiling is its SQL only (failure count, look-up): the argon2id hash is \
              the cost of a login, by design, so it has no ratio."
         )?;
 
