@@ -47,7 +47,10 @@ impl ErrorReason {
             R::TokenKeysUnavailable | R::DependencyUnavailable => Code::Unavailable,
             R::EmailAlreadyRegistered | R::AlreadyLiked => Code::AlreadyExists,
             R::UserNotFound | R::PostNotFound | R::NotLiked => Code::NotFound,
-            R::LoginThrottled | R::PasswordHashingBusy => Code::ResourceExhausted,
+            R::LoginThrottled
+            | R::PasswordHashingBusy
+            | R::RegistrationThrottled
+            | R::QuotaExceeded => Code::ResourceExhausted,
             R::NotPostOwner => Code::PermissionDenied,
             R::EtagMismatch => Code::Aborted,
             R::DependencyTimeout => Code::DeadlineExceeded,
