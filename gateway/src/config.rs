@@ -53,6 +53,9 @@ pub struct Config {
     /// Used only with the services embedded.
     #[command(flatten)]
     pub auth: auth_service::AuthSettings,
+    /// Used only with the services embedded.
+    #[command(flatten)]
+    pub quotas: crate::embedded::Quotas,
     /// The database is used only with the services embedded.
     #[command(flatten)]
     pub common: CommonArgs,
@@ -90,6 +93,7 @@ impl Config {
             cors_allowed_origins: vec!["*".to_owned()],
             http_show_emails: true,
             auth: auth_service::AuthSettings::default(),
+            quotas: crate::embedded::Quotas::default(),
             common: CommonArgs::default(),
         }
     }

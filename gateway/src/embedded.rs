@@ -34,6 +34,16 @@ impl PerService<SocketAddr> {
     }
 }
 
+/// The per-person quotas of the services that have them, as each service takes
+/// them.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct Quotas {
+    #[command(flatten)]
+    pub posts: posts_service::QuotaSettings,
+    #[command(flatten)]
+    pub votes: votes_service::QuotaSettings,
+}
+
 /// Why one of the services could not start.
 #[derive(Debug, thiserror::Error)]
 #[error("{service}: {source}")]
@@ -48,6 +58,7 @@ pub async fn bind_services(
     pool: &PgPool,
     addresses: PerService<SocketAddr>,
     auth: auth_service::AuthSettings,
+    quotas: Quotas,
     limits: &ServerLimits,
 ) -> Result<PerService<GrpcServer>, EmbeddedError> {
     let url = |server: &GrpcServer| format!("http://{}", server.local_addr());
@@ -67,6 +78,7 @@ pub async fn bind_services(
         .map_err(failed("auth-service"))?;
     let votes_config = votes_service::Config {
         listen: addresses.votes,
+        quotas: quotas.votes,
         common: common(),
         ..votes_service::Config::ephemeral(url(&auth))
     };
@@ -75,6 +87,7 @@ pub async fn bind_services(
         .map_err(failed("votes-service"))?;
     let posts_config = posts_service::Config {
         listen: addresses.posts,
+        quotas: quotas.posts,
         common: common(),
         ..posts_service::Config::ephemeral(url(&auth), url(&votes))
     };
@@ -105,9 +118,10 @@ impl EmbeddedServices {
     pub async fn bind(
         pool: &PgPool,
         auth: auth_service::AuthSettings,
+        quotas: Quotas,
         limits: &ServerLimits,
     ) -> Result<Self, EmbeddedError> {
-        let servers = bind_services(pool, PerService::ephemeral(), auth, limits).await?;
+        let servers = bind_services(pool, PerService::ephemeral(), auth, quotas, limits).await?;
         let url = |server: &GrpcServer| format!("http://{}", server.local_addr());
         let urls = UpstreamUrls {
             auth: url(&servers.auth),

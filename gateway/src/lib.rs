@@ -73,8 +73,13 @@ pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
         Some(urls) => (urls, None),
         None => {
             let pool = service_kit::database::connect(&config.common.database).await?;
-            let services =
-                EmbeddedServices::bind(&pool, config.auth.clone(), &config.common.limits).await?;
+            let services = EmbeddedServices::bind(
+                &pool,
+                config.auth.clone(),
+                config.quotas.clone(),
+                &config.common.limits,
+            )
+            .await?;
             (services.urls.clone(), Some(services))
         }
     };

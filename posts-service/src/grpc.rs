@@ -1,5 +1,6 @@
-//! The gRPC adapter: unpack a request, call [`crate::posts`] or [`crate::listing`],
-//! and describe the result with [`Neighbours`].
+//! The gRPC adapter: unpack a request, count it against the caller's [`Quotas`],
+//! call [`crate::posts`] or [`crate::listing`], and describe the result with
+//! [`Neighbours`].
 
 use access_token::caller;
 use agora_proto::posts::v1::{self as proto, post_service_server::PostService};
@@ -15,11 +16,13 @@ use crate::{
     listing::{self, Query},
     neighbours::{Caller, Neighbours},
     posts::{self, Changes, NewPost, parse_etag},
+    quotas::Quotas,
 };
 
 pub struct PostApi {
     pub pool: PgPool,
     pub neighbours: Neighbours,
+    pub quotas: Quotas,
 }
 
 impl PostApi {
@@ -73,6 +76,7 @@ impl PostService for PostApi {
         let post = required_post(request.post)?;
         let request_id = parse_request_id("request_id", &request.request_id)?;
         let new = NewPost::parse(&post.title, &post.content, post.published)?;
+        self.quotas.create_post(caller.user_id)?;
         let row = posts::create(
             &mut *self.connection().await?,
             caller.user_id,
@@ -112,6 +116,7 @@ impl PostService for PostApi {
         record("user_id", caller.user_id);
         let r = request.get_ref();
         let query = Query::parse(r.page_size, &r.page_token, r.skip, &r.search, &r.owner_id)?;
+        self.quotas.list(caller.user_id, &query)?;
         let page = listing::list(&mut *self.connection().await?, caller.user_id, &query).await?;
         record("posts", page.posts.len());
         let posts = self.neighbours.describe(page.posts, &neighbour).await;

@@ -12,6 +12,7 @@ mod grpc;
 mod listing;
 mod neighbours;
 mod posts;
+mod quotas;
 
 use std::net::SocketAddr;
 
@@ -26,7 +27,7 @@ use service_kit::{
 use sqlx::PgPool;
 use tonic::{server::NamedService, service::Routes};
 
-pub use config::Config;
+pub use config::{Config, QuotaSettings};
 /// For tests: what the periodic purge started by `served_api` does each round.
 pub use posts::purge_expired_request_ids;
 
@@ -56,6 +57,7 @@ impl ServiceConfig for Config {
         let posts = PostServiceServer::new(grpc::PostApi {
             pool: pool.clone(),
             neighbours,
+            quotas: quotas::Quotas::new(&self.quotas),
         })
         .max_decoding_message_size(self.common.limits.max_message_bytes);
         tokio::spawn(request_ids::purge_periodically(

@@ -35,6 +35,14 @@ pub enum ApiError {
         message: String,
         retry_after: Duration,
     },
+    /// A per-person quota used up (see `crate::quota`): QUOTA_EXCEEDED, with
+    /// `quota` as `ErrorInfo.metadata["quota"]` and `retry_after` as
+    /// `google.rpc.RetryInfo`.
+    #[error("quota {quota} exceeded")]
+    QuotaExceeded {
+        quota: &'static str,
+        retry_after: Duration,
+    },
     /// A dependency (the database, another service) cannot be reached right now.
     #[error("{what} unavailable")]
     Unavailable {
@@ -143,6 +151,14 @@ impl From<ApiError> for Status {
             } => reason.status(
                 message,
                 &[],
+                ErrorDetails::with_retry_info(Some(retry_after)),
+            ),
+            ApiError::QuotaExceeded { quota, retry_after } => ErrorReason::QuotaExceeded.status(
+                format!(
+                    "quota {quota} exceeded, try again in {} s",
+                    retry_after.as_secs_f64().ceil()
+                ),
+                &[("quota", quota)],
                 ErrorDetails::with_retry_info(Some(retry_after)),
             ),
             ApiError::Unavailable { what, source } => {

@@ -12,6 +12,7 @@ pub mod error;
 pub mod fields;
 pub mod health;
 pub mod hop;
+pub mod quota;
 pub mod request_ids;
 pub mod retry;
 pub mod server;

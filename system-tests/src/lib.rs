@@ -17,7 +17,7 @@ use agora_proto::{
     votes::v1::{self as votes, VoteDirection, vote_service_client::VoteServiceClient},
 };
 use auth_service::AuthSettings;
-use gateway::embedded::{PerService, bind_services};
+use gateway::embedded::{PerService, Quotas, bind_services};
 use service_kit::{GrpcServer, ServerLimits};
 use sqlx::PgPool;
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -102,11 +102,17 @@ pub async fn spawn_system(pool: PgPool) -> System {
 
 /// The three services wired as the gateway's all-in-one mode wires them.
 pub async fn spawn_system_at(pool: PgPool, addresses: Addresses) -> System {
+    spawn_system_with(pool, addresses, Quotas::default()).await
+}
+
+/// [`spawn_system_at`] with these per-person quotas.
+pub async fn spawn_system_with(pool: PgPool, addresses: Addresses, quotas: Quotas) -> System {
     telemetry::install();
     let servers = bind_services(
         &pool,
         addresses,
         AuthSettings::default(),
+        quotas,
         &ServerLimits::default(),
     )
     .await

@@ -226,6 +226,8 @@ pub struct Topology<const REPLICAS: usize> {
     posts_ports: [u16; REPLICAS],
     grpc_port: u16,
     http_port: u16,
+    /// Settings every binary also gets.
+    extra: Env,
 }
 
 /// The processes of a [`Topology`], once started.
@@ -246,45 +248,57 @@ impl<const REPLICAS: usize> Topology<REPLICAS> {
             posts_ports: [(); REPLICAS].map(|()| free_port()),
             grpc_port: free_port(),
             http_port: free_port(),
+            extra: Env::new(),
         }
     }
 
+    /// Every binary also gets `name` set to `value`, a setting a test needs
+    /// changed; a binary without such a setting ignores it.
+    pub fn with(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.extra.push((name, value.into()));
+        self
+    }
+
+    fn env(&self, own: impl IntoIterator<Item = (&'static str, String)>) -> Env {
+        own.into_iter().chain(self.extra.iter().cloned()).collect()
+    }
+
     pub fn auth_env(&self) -> Env {
-        vec![
+        self.env([
             self.database(),
             ("AUTH_LISTEN_ADDR", loopback(self.auth_port)),
-        ]
+        ])
     }
 
     pub fn votes_env(&self) -> Env {
-        vec![
+        self.env([
             self.database(),
             ("VOTES_LISTEN_ADDR", loopback(self.votes_port)),
             ("AUTH_SERVICE_URL", url(self.auth_port)),
-        ]
+        ])
     }
 
     /// The environment of posts-service replica `replica` (from 0).
     pub fn posts_env(&self, replica: usize) -> Env {
-        vec![
+        self.env([
             self.database(),
             ("POSTS_LISTEN_ADDR", loopback(self.posts_ports[replica])),
             ("AUTH_SERVICE_URL", url(self.auth_port)),
             ("VOTES_SERVICE_URL", url(self.votes_port)),
-        ]
+        ])
     }
 
     /// The gateway only forwards: every service URL is set, the replicas'
     /// comma-separated.
     pub fn gateway_env(&self) -> Env {
         let posts: Vec<String> = self.posts_ports.iter().map(|&port| url(port)).collect();
-        vec![
+        self.env([
             ("GATEWAY_GRPC_ADDR", self.edge_address()),
             ("GATEWAY_HTTP_ADDR", loopback(self.http_port)),
             ("AUTH_SERVICE_URL", url(self.auth_port)),
             ("POSTS_SERVICE_URL", posts.join(",")),
             ("VOTES_SERVICE_URL", url(self.votes_port)),
-        ]
+        ])
     }
 
     /// Where the gateway serves gRPC, as `host:port`.

@@ -1,4 +1,5 @@
-//! The gRPC adapter: unpack a request, call [`crate::votes`], pack the answer.
+//! The gRPC adapter: unpack a request, count it against the caller's [`Quotas`],
+//! call [`crate::votes`], pack the answer.
 
 use access_token::caller;
 use agora_proto::votes::v1::{self as proto, VoteDirection, vote_service_server::VoteService};
@@ -9,10 +10,14 @@ use service_kit::{
 use sqlx::PgPool;
 use tonic::{Request, Response, Status};
 
-use crate::votes::{self, Direction};
+use crate::{
+    quotas::Quotas,
+    votes::{self, Direction},
+};
 
 pub struct VoteApi {
     pub pool: PgPool,
+    pub quotas: Quotas,
 }
 
 #[tonic::async_trait]
@@ -39,6 +44,7 @@ impl VoteService for VoteApi {
         let span = tracing::Span::current();
         span.record("user_id", tracing::field::display(caller.user_id));
         span.record("post_id", tracing::field::display(post_id));
+        self.quotas.vote(caller.user_id)?;
         let mut conn = self.pool.acquire().await.map_err(ApiError::from)?;
         let like_count = votes::vote(&mut conn, post_id, caller.user_id, direction).await?;
         Ok(Response::new(proto::VoteResponse { like_count }))

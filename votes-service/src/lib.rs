@@ -8,6 +8,7 @@
 
 pub mod config;
 mod grpc;
+mod quotas;
 mod votes;
 
 use std::net::SocketAddr;
@@ -17,7 +18,7 @@ use service_kit::{CommonArgs, ServedApi, ServiceConfig, StartupError};
 use sqlx::PgPool;
 use tonic::{server::NamedService, service::Routes};
 
-pub use config::Config;
+pub use config::{Config, QuotaSettings};
 
 impl ServiceConfig for Config {
     const NAME: &'static str = "votes-service";
@@ -29,8 +30,11 @@ impl ServiceConfig for Config {
     /// votes-service's gRPC service.
     async fn served_api(&self, pool: PgPool) -> Result<ServedApi, StartupError> {
         let verifier = self.token_keys.verifier()?;
-        let votes = VoteServiceServer::new(grpc::VoteApi { pool: pool.clone() })
-            .max_decoding_message_size(self.common.limits.max_message_bytes);
+        let votes = VoteServiceServer::new(grpc::VoteApi {
+            pool: pool.clone(),
+            quotas: quotas::Quotas::new(&self.quotas),
+        })
+        .max_decoding_message_size(self.common.limits.max_message_bytes);
         Ok(ServedApi::new(
             vec![<VoteServiceServer<grpc::VoteApi> as NamedService>::NAME],
             Routes::new(votes),

@@ -18,6 +18,10 @@
 //! | UNAVAILABLE | 503 |
 //! | UNKNOWN, INTERNAL, DATA_LOSS | 500 |
 //!
+//! An answer whose status carries `google.rpc.RetryInfo` (429 for throttled
+//! logins and registrations and for quotas, 503) says when to try again in
+//! `Retry-After`, in whole seconds rounded up.
+//!
 //! Successes use the course's codes: 201 for creates, 204 for a delete, else 200.
 //! Calls that never got an answer from the upstream (the status was made by the
 //! local channel) say which service failed instead of echoing transport internals:
@@ -25,13 +29,19 @@
 //! Bad request shapes the facade itself finds (malformed JSON or form, a missing
 //! field, a wrong type) are 422 as well; a body over the size limit is 413.
 
+use std::time::Duration;
+
 use axum::{
     Json,
-    http::{HeaderValue, StatusCode, header::WWW_AUTHENTICATE},
+    http::{
+        HeaderValue, StatusCode,
+        header::{RETRY_AFTER, WWW_AUTHENTICATE},
+    },
     response::{IntoResponse, Response},
 };
 use serde::Serialize;
 use tonic::Code;
+use tonic_types::StatusExt as _;
 use utoipa::ToSchema;
 
 /// The body of every error answer, as FastAPI's `HTTPException` sends it.
@@ -47,6 +57,8 @@ pub struct ErrorBody {
 pub struct HttpError {
     pub status: StatusCode,
     pub detail: String,
+    /// When to try again, sent as `Retry-After`.
+    pub retry_after: Option<Duration>,
 }
 
 /// A refused token is 401; keys that cannot be fetched right now are 503.
@@ -66,6 +78,7 @@ impl HttpError {
         Self {
             status,
             detail: detail.into(),
+            retry_after: None,
         }
     }
 
@@ -109,7 +122,13 @@ impl HttpError {
         if http.is_server_error() {
             tracing::warn!(upstream, code = ?status.code(), message = %status.message(), "upstream error");
         }
-        Self::new(http, status.message())
+        let retry_after = status
+            .get_details_retry_info()
+            .and_then(|retry| retry.retry_delay);
+        Self {
+            retry_after,
+            ..Self::new(http, status.message())
+        }
     }
 }
 
@@ -145,6 +164,12 @@ impl IntoResponse for HttpError {
             response
                 .headers_mut()
                 .insert(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        if let Some(wait) = self.retry_after {
+            let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            response
+                .headers_mut()
+                .insert(RETRY_AFTER, HeaderValue::from(secs));
         }
         response
     }
@@ -198,6 +223,18 @@ mod tests {
             (error.status.as_u16(), error.detail.as_str()),
             (404, "post not found")
         );
+    }
+
+    #[test]
+    fn retry_info_becomes_retry_after_in_whole_seconds() {
+        let status = agora_proto::errors::ErrorReason::LoginThrottled.status(
+            "too many failed logins",
+            &[],
+            tonic_types::ErrorDetails::with_retry_info(Some(Duration::from_millis(2_100))),
+        );
+        let response = HttpError::from_status("auth-service", &status).into_response();
+        assert_eq!(response.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert_eq!(response.headers()[RETRY_AFTER], "3", "rounded up");
     }
 
     #[test]
