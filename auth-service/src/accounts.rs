@@ -1,16 +1,30 @@
 //! What auth-service does: register, log in, look users up, and forget request
 //! ids once they expire.
 
-use std::{collections::HashMap, sync::Arc};
+use std::{
+    collections::HashMap,
+    net::IpAddr,
+    sync::{
+        Arc,
+        atomic::{AtomicBool, Ordering},
+    },
+};
 
 use agora_proto::errors::ErrorReason;
-use service_kit::{ApiError, deadline::Deadline, error::both, fields::distinct};
+use service_kit::{
+    ApiError,
+    client_address::{TrustedNetworks, X_FORWARDED_FOR},
+    deadline::Deadline,
+    error::both,
+    fields::distinct,
+};
 use sqlx::{Connection as _, PgPool};
+use tonic::metadata::MetadataMap;
 use uuid::Uuid;
 
 use crate::{
     password::{Normalization, Passwords},
-    throttle::LoginThrottle,
+    throttle::{LoginKeys, LoginThrottle, Slowed},
     tokens::{IssuedToken, TokenIssuer},
     users::{self, Credentials, EMAIL, Email, Password, USER_NOT_FOUND, User},
 };
@@ -28,6 +42,8 @@ pub struct Accounts {
     pub passwords: Passwords,
     pub issuer: Arc<TokenIssuer>,
     pub throttle: Arc<LoginThrottle>,
+    /// Callers believed when they name the client (`x-forwarded-for`).
+    pub trusted_callers: TrustedNetworks,
 }
 
 impl Accounts {
@@ -114,14 +130,38 @@ impl Accounts {
         Ok(earlier.user)
     }
 
+    /// The client a login is counted for: the caller, or the client a trusted
+    /// caller names in `x-forwarded-for`. `peer` is `None` for a call made in
+    /// this process (the gateway's all-in-one mode), which is believed.
+    pub fn client(&self, peer: Option<IpAddr>, metadata: &MetadataMap) -> Option<IpAddr> {
+        // A gateway left out of TRUSTED_CALLERS makes every client one: said
+        // once, as that is a deployment mistake, not an attack.
+        static SAID: AtomicBool = AtomicBool::new(false);
+        if let Some(peer) = peer
+            && !self.trusted_callers.contains(peer)
+            && metadata.get(X_FORWARDED_FOR).is_some()
+            && !SAID.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                %peer,
+                "x-forwarded-for from a caller outside TRUSTED_CALLERS is ignored; \
+                 its logins are counted for the caller's own address"
+            );
+        }
+        self.trusted_callers.client(peer, metadata.as_ref())
+    }
+
     /// Logs in, checking the password once, in the form the stored hash was made
     /// from; an unknown email checks its normalised form against a dummy hash
     /// with the current parameters, so it takes as long as a wrong password. A
     /// hash made from the password as typed is replaced after the answer.
+    /// Failures are counted for the account and for `client`, the address the
+    /// login came from (see [`crate::throttle`]).
     pub async fn login(
         &self,
         email: &str,
         password: String,
+        client: Option<IpAddr>,
         deadline: Deadline,
     ) -> Result<IssuedToken, ApiError> {
         // Only sizes are checked: a malformed address is simply not registered.
@@ -136,17 +176,22 @@ impl Accounts {
         // else, and takes its turns in the order it came.
         let turn = self.passwords.admit(deadline)?.turn().await?;
         // Failures are counted per account, whichever spelling of its email
-        // they use.
-        let throttled_as = users::email_key(email);
+        // they use, and per client address.
+        let throttled_as = LoginKeys::new(&users::email_key(email), client);
         let counted = match self.throttle.check(&self.pool, &throttled_as).await? {
             Ok(counted) => counted,
-            Err(wait) => {
+            Err(too_early) => {
+                let from = match too_early.slowed {
+                    Slowed::Address => "from this address",
+                    Slowed::Account => "for this email from this address",
+                };
+                // Whole seconds, rounded up, so a client that waits that long
+                // is not refused again.
+                let wait = too_early.wait;
+                let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 return Err(ApiError::Throttled {
                     reason: ErrorReason::LoginThrottled,
-                    message: format!(
-                        "too many failed logins for this email; try again in {} seconds",
-                        wait.as_secs().max(1)
-                    ),
+                    message: format!("too many failed logins {from}; try again in {secs} seconds"),
                     retry_after: wait,
                 });
             }

@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use service_kit::CommonArgs;
+use service_kit::{CommonArgs, client_address::TrustedNetworks};
 
 /// Agora's auth-service: users, password login and access tokens.
 #[derive(Debug, Clone, clap::Parser)]
@@ -41,13 +41,39 @@ pub struct AuthSettings {
     /// retry), as is one whose deadline would pass before its turn.
     #[arg(long, env = "PASSWORD_HASHING_QUEUE", default_value_t = 64)]
     pub password_hashing_queue: usize,
-    /// Failed logins allowed per email within the window; then its logins are
-    /// refused (RESOURCE_EXHAUSTED) until the window ends. 0 turns this off.
-    #[arg(long, env = "LOGIN_MAX_FAILURES", default_value_t = 10)]
-    pub login_max_failures: u32,
-    /// The window for LOGIN_MAX_FAILURES, in seconds, from the first failure.
-    #[arg(long, env = "LOGIN_FAILURE_WINDOW_SECS", default_value_t = 900)]
+    /// Failed logins from one client address (an IPv6 client: its /64), for any
+    /// emails, before every further login from it must wait a growing delay
+    /// after its last failure (LOGIN_DELAY_BASE_MS doubled per failure, at most
+    /// LOGIN_DELAY_MAX_SECS); an earlier one is refused at once
+    /// (RESOURCE_EXHAUSTED LOGIN_THROTTLED, with the time to wait). 0 turns this
+    /// count off.
+    #[arg(long, env = "LOGIN_FREE_FAILURES_PER_ADDRESS", default_value_t = 20)]
+    pub login_free_failures_per_address: u32,
+    /// Failed logins for one email, from anywhere, before it is slowed the same
+    /// way, but only for logins from addresses that have failed themselves: its
+    /// owner, logging in from an address with no failures, is never slowed. 0
+    /// turns this count off.
+    #[arg(long, env = "LOGIN_FREE_FAILURES_PER_ACCOUNT", default_value_t = 5)]
+    pub login_free_failures_per_account: u32,
+    /// The first delay past a free allowance, in milliseconds; each further
+    /// failure doubles it.
+    #[arg(long, env = "LOGIN_DELAY_BASE_MS", default_value_t = 1000,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub login_delay_base_ms: u64,
+    /// The longest delay between two failed logins, in seconds.
+    #[arg(long, env = "LOGIN_DELAY_MAX_SECS", default_value_t = 300)]
+    pub login_delay_max_secs: u64,
+    /// A failure count is forgotten once this many seconds pass without a
+    /// failure.
+    #[arg(long, env = "LOGIN_FAILURE_WINDOW_SECS", default_value_t = 900,
+          value_parser = clap::value_parser!(u64).range(1..))]
     pub login_failure_window_secs: u64,
+    /// Callers whose `x-forwarded-for` names the client a login is counted for
+    /// (addresses or networks, comma-separated; empty for none): the gateway,
+    /// or a load balancer in front of auth-service. Any other caller is the
+    /// client itself. The default believes a gateway on the same host.
+    #[arg(long, env = "TRUSTED_CALLERS", default_value = "127.0.0.0/8,::1")]
+    pub trusted_callers: TrustedNetworks,
 }
 
 impl Default for AuthSettings {
@@ -57,8 +83,12 @@ impl Default for AuthSettings {
             token_ttl_secs: 1800,
             password_hashing_concurrency: 0,
             password_hashing_queue: 64,
-            login_max_failures: 10,
+            login_free_failures_per_address: 20,
+            login_free_failures_per_account: 5,
+            login_delay_base_ms: 1000,
+            login_delay_max_secs: 300,
             login_failure_window_secs: 900,
+            trusted_callers: TrustedNetworks::loopback(),
         }
     }
 }

@@ -86,8 +86,13 @@ impl AuthService for AuthApi {
         request: Request<proto::LoginRequest>,
     ) -> Result<Response<proto::LoginResponse>, Status> {
         let deadline = Deadline::of(request.metadata());
+        let peer = request.remote_addr().map(|address| address.ip());
+        let client = self.accounts.client(peer, request.metadata());
         let proto::LoginRequest { email, password } = request.into_inner();
-        let issued = self.accounts.login(&email, password, deadline).await?;
+        let issued = self
+            .accounts
+            .login(&email, password, client, deadline)
+            .await?;
         let expires_in =
             prost_types::Duration::try_from(issued.expires_in).map_err(ApiError::internal)?;
         Ok(Response::new(proto::LoginResponse {

@@ -58,10 +58,7 @@ impl ServiceConfig for Config {
         .map_err(|error| {
             StartupError::Config(format!("cannot prepare password hashing: {error}"))
         })?;
-        let throttle = Arc::new(throttle::LoginThrottle::new(
-            config.auth.login_max_failures,
-            config.auth.login_failure_window(),
-        ));
+        let throttle = Arc::new(throttle::LoginThrottle::new(&config.auth));
         let accounts = accounts::Accounts {
             pool: pool.clone(),
             passwords,
@@ -70,6 +67,7 @@ impl ServiceConfig for Config {
                 config.auth.token_ttl(),
             )),
             throttle: throttle.clone(),
+            trusted_callers: config.auth.trusted_callers.clone(),
         };
         let max_message_bytes = config.common.limits.max_message_bytes;
         let users = UserServiceServer::new(grpc::UserApi {

@@ -107,18 +107,18 @@ pub async fn vote_pair(pool: &PgPool, post: Uuid, user: Uuid) -> Result<(), sqlx
     Ok(())
 }
 
-/// A login's SQL, not its argon2id hash, which dominates it: the failure count
-/// (none, for the seeded users, so nothing to reset after the success) and the
-/// look-up.
+/// A login's SQL, not its argon2id hash, which dominates it: the failure counts
+/// of the account and the client address (none, for the seeded users, so
+/// nothing to reset after the success) and the look-up.
 pub async fn login(pool: &PgPool, email: &str) -> Result<(), sqlx::Error> {
     let window = auth_service::AuthSettings::default().login_failure_window();
     sqlx::query(
-        "select failures,
-                extract(epoch from window_start + make_interval(secs => $2) - now())::float8
+        "select key, failures, extract(epoch from now() - last_failure)::float8
            from auth.login_failures
-          where key = $1 and window_start > now() - make_interval(secs => $2)",
+          where key in ($1, $2) and last_failure > now() - make_interval(secs => $3)",
     )
-    .bind(auth_service::email_key(email))
+    .bind(format!("account:{}", auth_service::email_key(email)))
+    .bind("address:127.0.0.1")
     .bind(window.as_secs_f64())
     .fetch_optional(pool)
     .await?;

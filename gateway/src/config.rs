@@ -2,7 +2,7 @@
 
 use std::{net::SocketAddr, path::PathBuf};
 
-use service_kit::CommonArgs;
+use service_kit::{CommonArgs, client_address::TrustedNetworks};
 
 use crate::upstreams::UpstreamUrls;
 
@@ -50,6 +50,19 @@ pub struct Config {
     /// to its owner, as over gRPC.
     #[arg(long, env = "HTTP_SHOW_EMAILS", default_value_t = true, action = clap::ArgAction::Set)]
     pub http_show_emails: bool,
+    /// Proxies in front of the gateway (addresses or networks, comma-separated;
+    /// none by default) whose `x-forwarded-for` names the client. Calls from
+    /// anyone else are counted for the peer itself. Every call is forwarded with
+    /// exactly the client address so found as its `x-forwarded-for`.
+    #[arg(long, env = "TRUSTED_PROXIES", default_value = "")]
+    pub trusted_proxies: TrustedNetworks,
+    /// Registrations (CreateUser, `POST /users`) allowed per client address (an
+    /// IPv6 client: its /64) per hour, all at once if need be; more are refused
+    /// (RESOURCE_EXHAUSTED REGISTRATION_THROTTLED, HTTP 429 with Retry-After).
+    /// Counted by each gateway replica alone, so N replicas allow up to N times
+    /// this. 0 turns the limit off.
+    #[arg(long, env = "REGISTRATIONS_PER_ADDRESS_PER_HOUR", default_value_t = 20)]
+    pub registrations_per_address_per_hour: u32,
     /// Used only with the services embedded.
     #[command(flatten)]
     pub auth: auth_service::AuthSettings,
@@ -92,6 +105,8 @@ impl Config {
             token_keys_refresh_secs: access_token::KEY_REFRESH_INTERVAL.as_secs(),
             cors_allowed_origins: vec!["*".to_owned()],
             http_show_emails: true,
+            trusted_proxies: TrustedNetworks::default(),
+            registrations_per_address_per_hour: 20,
             auth: auth_service::AuthSettings::default(),
             quotas: crate::embedded::Quotas::default(),
             common: CommonArgs::default(),

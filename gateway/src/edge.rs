@@ -24,11 +24,14 @@ use service_kit::{
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
-use tonic::{Status, service::Routes};
+use tonic::{Status, service::Routes, transport::server::TcpConnectInfo};
 use tower::{Service, ServiceExt, limit::GlobalConcurrencyLimitLayer};
 use tower_http::cors::{AllowOrigin, CorsLayer};
 
-use crate::upstreams::Upstreams;
+use crate::{
+    clients::{Clients, forward_client, registration_refused},
+    upstreams::Upstreams,
+};
 
 /// Which service owns a method.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -75,6 +78,7 @@ pub struct Edge {
     pub verifier: Arc<TokenVerifier>,
     pub limits: ServerLimits,
     pub cors_allowed_origins: Vec<String>,
+    pub clients: Clients,
 }
 
 impl Edge {
@@ -114,6 +118,8 @@ impl Edge {
                 upstream: owner.name(),
                 read_only: rpc.read_only,
                 max_message_bytes: self.limits.max_message_bytes,
+                clients: self.clients.clone(),
+                registers: is_registration(rpc),
             };
             router = router.route_service(&rpc.path(), forward);
         }
@@ -214,9 +220,17 @@ fn cors(allowed_origins: &[String]) -> CorsLayer {
         .max_age(Duration::from_secs(24 * 60 * 60))
 }
 
-/// Sends a call on to its upstream as it came, and the answer back as it comes.
-/// A read whose upstream never answered (a broken connection, a replica that went
-/// away) is sent once more, after a short random pause; a write never is.
+/// Whether `rpc` registers a user, which is limited per client address.
+fn is_registration(rpc: &Rpc) -> bool {
+    rpc.service == agora_proto::auth::v1::user_service_server::SERVICE_NAME
+        && rpc.method == "CreateUser"
+}
+
+/// Sends a call on to its upstream as it came, except that its `x-forwarded-for`
+/// is the client address (see [`crate::clients`]), and the answer back as it
+/// comes. A read whose upstream never answered (a broken connection, a replica
+/// that went away) is sent once more, after a short random pause; a write never
+/// is. A registration over its address's limit is refused here.
 #[derive(Clone)]
 struct Forward {
     channel: Hop,
@@ -224,6 +238,8 @@ struct Forward {
     read_only: bool,
     /// The largest request a read is held in memory for, to be sent again.
     max_message_bytes: usize,
+    clients: Clients,
+    registers: bool,
 }
 
 impl Service<http::Request<axum::body::Body>> for Forward {
@@ -236,9 +252,21 @@ impl Service<http::Request<axum::body::Body>> for Forward {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<axum::body::Body>) -> Self::Future {
+    fn call(&mut self, mut request: http::Request<axum::body::Body>) -> Self::Future {
         let forward = self.clone();
         Box::pin(async move {
+            let peer = request
+                .extensions()
+                .get::<TcpConnectInfo>()
+                .and_then(TcpConnectInfo::remote_addr)
+                .map(|address| address.ip());
+            let client = forward.clients.client(peer, request.headers());
+            if forward.registers
+                && let Err(wait) = forward.clients.admit_registration(client)
+            {
+                return Ok(registration_refused(wait).into_http());
+            }
+            forward_client(request.headers_mut(), client);
             if forward.read_only {
                 return Ok(forward.send_read(request).await);
             }

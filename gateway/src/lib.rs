@@ -6,6 +6,7 @@
 //! which translates onto the same gRPC services. Without upstream URLs it runs the
 //! three services in its own process ([`embedded`]).
 
+mod clients;
 pub mod config;
 mod edge;
 pub mod embedded;
@@ -90,6 +91,10 @@ pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
         token_keys_refresh_secs: config.token_keys_refresh_secs,
     };
     let verifier = token_keys.verifier()?;
+    let clients = clients::Clients::new(
+        config.trusted_proxies.clone(),
+        config.registrations_per_address_per_hour,
+    );
     let bind = |address: SocketAddr| async move {
         TcpListener::bind(address)
             .await
@@ -98,8 +103,14 @@ pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
     Ok(Gateway {
         grpc: bind(config.grpc_listen).await?,
         http: bind(config.http_listen).await?,
-        http_router: http::router(upstreams.clone(), verifier.clone(), config.http_show_emails),
+        http_router: http::router(
+            upstreams.clone(),
+            verifier.clone(),
+            config.http_show_emails,
+            clients.clone(),
+        ),
         edge: edge::Edge {
+            clients,
             upstreams,
             verifier,
             limits: config.common.limits.clone(),
@@ -157,7 +168,12 @@ impl Gateway {
                     tracing::debug!(%error, "cannot set TCP_NODELAY");
                 }
             });
-            axum::serve(listener, self.http_router)
+            // The peer's address, for the client address of logins and
+            // registrations.
+            let app = self
+                .http_router
+                .into_make_service_with_connect_info::<SocketAddr>();
+            axum::serve(listener, app)
                 .with_graceful_shutdown(stop)
                 .into_future()
         });

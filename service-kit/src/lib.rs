@@ -5,6 +5,7 @@
 
 pub mod calls;
 pub mod client;
+pub mod client_address;
 pub mod config;
 pub mod database;
 pub mod deadline;

@@ -1077,13 +1077,25 @@ async fn repeated_failed_logins_get_429(pool: PgPool) {
             .answer()
     };
 
-    // auth-service's default allowance: 10 failures per email per window.
-    for _ in 0..10 {
+    // auth-service's default allowance for one email, from an address that
+    // fails too; then each further login must wait a second or more.
+    let free = auth_service::AuthSettings::default().login_free_failures_per_account;
+    for _ in 0..free {
         expect_error(login("a wrong guess").await, StatusCode::FORBIDDEN).await;
     }
-    let detail = expect_error(login(PASSWORD).await, StatusCode::TOO_MANY_REQUESTS).await;
+    let refused = login(PASSWORD).await;
+    let retry_after = refused
+        .headers()
+        .get("retry-after")
+        .map(|value| value.to_str().unwrap().to_owned());
+    let detail = expect_error(refused, StatusCode::TOO_MANY_REQUESTS).await;
 
     assert!(detail.contains("try again"), "{detail}");
+    assert_eq!(
+        retry_after.as_deref(),
+        Some("1"),
+        "the first delay, a second"
+    );
 }
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]

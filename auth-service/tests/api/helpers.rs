@@ -78,6 +78,24 @@ impl TestApp {
         Ok(self.auth.clone().login(request).await?.into_inner())
     }
 
+    /// A login on behalf of the client at `address`, as the gateway sends it
+    /// (`x-forwarded-for`); believed when this test's address, loopback, is
+    /// among TRUSTED_CALLERS, as it is by default.
+    pub async fn login_from(
+        &self,
+        address: &str,
+        email: &str,
+        password: &str,
+    ) -> Result<proto::LoginResponse, Status> {
+        let mut request = Request::new(proto::LoginRequest {
+            email: email.to_owned(),
+            password: password.to_owned(),
+        });
+        let address = address.parse().expect("an address is valid metadata");
+        request.metadata_mut().insert("x-forwarded-for", address);
+        Ok(self.auth.clone().login(request).await?.into_inner())
+    }
+
     /// A new user and an access token for them.
     pub async fn signed_in_user(&self, email: &str) -> (proto::User, String) {
         let user = self

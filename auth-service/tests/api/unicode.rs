@@ -24,7 +24,8 @@ const DECOMPOSED: &str = "cre\u{300}me bru\u{302}le\u{301}e pour l\u{2019}e\u{30
 fn config() -> Config {
     Config {
         auth: AuthSettings {
-            login_max_failures: 10_000,
+            login_free_failures_per_account: 0,
+            login_free_failures_per_address: 0,
             ..AuthSettings::default()
         },
         ..Config::ephemeral()
@@ -372,7 +373,7 @@ async fn failed_logins_count_against_the_account_whatever_the_spelling(pool: PgP
         pool,
         Config {
             auth: AuthSettings {
-                login_max_failures: 3,
+                login_free_failures_per_account: 3,
                 ..AuthSettings::default()
             },
             ..Config::ephemeral()

@@ -8,7 +8,7 @@ use tonic::Code;
 use utoipa::ToSchema;
 
 use super::{
-    Facade,
+    ClientAddress, Facade,
     errors::{ErrorBody, HttpError},
     extract::FormBody,
 };
@@ -48,17 +48,20 @@ pub struct Token {
         (status = 403, description = "Unknown email or wrong password", body = ErrorBody,
             example = json!({"detail": "Invalid Credentials"})),
         (status = 422, description = "A missing or empty field", body = ErrorBody),
-        (status = 429, description = "Too many failed logins for this email; try again later", body = ErrorBody),
+        (status = 429, description = "Too many failed logins from this address, or for this email from this address; try again after Retry-After seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     ),
 )]
 pub async fn login(
     State(facade): State<Facade>,
+    client: ClientAddress,
     FormBody(form): FormBody<LoginForm>,
 ) -> Result<Json<Token>, HttpError> {
-    let request = auth::LoginRequest {
+    // Failed logins are counted per client address too.
+    let request = client.request(auth::LoginRequest {
         email: form.username,
         password: form.password,
-    };
+    });
     let response = facade
         .upstreams
         .auth()

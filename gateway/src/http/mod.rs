@@ -17,17 +17,22 @@ mod votes;
 
 use std::{
     collections::HashMap,
+    net::{IpAddr, SocketAddr},
     sync::{Arc, Mutex},
 };
 
 use access_token::TokenVerifier;
 use axum::{
     Router,
-    extract::DefaultBodyLimit,
+    extract::{ConnectInfo, DefaultBodyLimit, FromRequestParts},
+    http::request::Parts,
     routing::{MethodRouter, get, post},
 };
 
-use crate::upstreams::Upstreams;
+use crate::{
+    clients::{Clients, forward_client},
+    upstreams::Upstreams,
+};
 
 /// The largest request body read; larger ones get 413. A post is at most 10,000
 /// characters, so this leaves room for any valid request.
@@ -46,6 +51,38 @@ pub(crate) struct Facade {
     /// remembered owner email is never wrong on a post; it saves a call to
     /// auth-service per request. Bounded by [`MAX_REMEMBERED_EMAILS`].
     owner_emails: Arc<Mutex<HashMap<String, String>>>,
+    /// Who calls: the client address of logins and registrations.
+    clients: Clients,
+}
+
+/// The client address of a request (see [`crate::clients`]), when known: the
+/// peer, or what a trusted proxy's `x-forwarded-for` says.
+pub(crate) struct ClientAddress(pub Option<IpAddr>);
+
+impl FromRequestParts<Facade> for ClientAddress {
+    type Rejection = std::convert::Infallible;
+
+    async fn from_request_parts(
+        parts: &mut Parts,
+        facade: &Facade,
+    ) -> Result<Self, Self::Rejection> {
+        // Served without connect info (a router called directly), nobody's
+        // header is believed.
+        let peer = parts
+            .extensions
+            .get::<ConnectInfo<SocketAddr>>()
+            .map(|ConnectInfo(address)| address.ip());
+        Ok(Self(facade.clients.client(peer, &parts.headers)))
+    }
+}
+
+impl ClientAddress {
+    /// `message` as a call on behalf of this client: its `x-forwarded-for`.
+    pub(crate) fn request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        forward_client(request.metadata_mut().as_mut(), self.0);
+        request
+    }
 }
 
 /// Owner emails remembered at most: every author a busy facade shows, at about a
@@ -55,8 +92,14 @@ const MAX_REMEMBERED_EMAILS: usize = 10_000;
 /// The facade's routes, each with and without its trailing slash, plus
 /// `/openapi.json` and `/docs`. With `show_emails`, users and post owners carry
 /// their email, as in the course API; without, an email is shown only to its
-/// owner, as the gRPC API does.
-pub fn router(upstreams: Upstreams, verifier: Arc<TokenVerifier>, show_emails: bool) -> Router {
+/// owner, as the gRPC API does. Serve it with connect info (`SocketAddr`), so it
+/// knows its clients' addresses.
+pub fn router(
+    upstreams: Upstreams,
+    verifier: Arc<TokenVerifier>,
+    show_emails: bool,
+    clients: Clients,
+) -> Router {
     let routes = [
         ("/users", post(users::create)),
         ("/users/{id}", get(users::get)),
@@ -84,6 +127,7 @@ pub fn router(upstreams: Upstreams, verifier: Arc<TokenVerifier>, show_emails: b
             verifier,
             show_emails,
             owner_emails: Arc::default(),
+            clients,
         })
 }
 

@@ -7,8 +7,10 @@ use serde::{Deserialize, Serialize};
 use service_kit::{deadline::Deadline, retry::read_once_more_if_unavailable};
 use utoipa::ToSchema;
 
+use crate::clients::registration_refused;
+
 use super::{
-    Facade,
+    ClientAddress, Facade,
     errors::{ErrorBody, HttpError},
     extract::{Bearer, JsonBody, PathId},
 };
@@ -98,17 +100,25 @@ pub fn rfc3339(upstream: &str, time: Option<prost_types::Timestamp>) -> Result<S
         (status = 201, description = "Registered", body = UserOut),
         (status = 409, description = "The email is taken", body = ErrorBody),
         (status = 422, description = "Malformed body, invalid email, or a password outside 8 to 128 characters", body = ErrorBody),
+        (status = 429, description = "Too many registrations from this address; try again after Retry-After seconds", body = ErrorBody,
+            headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     ),
 )]
 pub async fn create(
     State(facade): State<Facade>,
+    client: ClientAddress,
     JsonBody(body): JsonBody<UserCreate>,
 ) -> Result<(StatusCode, Json<UserOut>), HttpError> {
-    let request = auth::CreateUserRequest {
+    // Limited per client address here, as at the gRPC edge.
+    if let Err(wait) = facade.clients.admit_registration(client.0) {
+        let refused = registration_refused(wait);
+        return Err(HttpError::from_status(UPSTREAM, &refused));
+    }
+    let request = client.request(auth::CreateUserRequest {
         email: body.email,
         password: body.password,
         request_id: String::new(),
-    };
+    });
     let response = facade
         .upstreams
         .users()
