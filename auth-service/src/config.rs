@@ -15,6 +15,35 @@ pub struct Config {
     pub auth: AuthSettings,
     #[command(flatten)]
     pub common: CommonArgs,
+    /// Without a command, auth-service serves.
+    #[command(subcommand)]
+    pub command: Option<KeyCommand>,
+}
+
+/// Changes to the signing keys kept in the database (`auth.signing_keys`), made
+/// once and then exiting; every running replica picks them up within
+/// SIGNING_KEYS_RELOAD_SECS, without a restart.
+#[derive(Debug, Clone, clap::Subcommand)]
+pub enum KeyCommand {
+    /// Makes a new signing key, published at once and signing from
+    /// `--sign-after-secs` from now; every older key then stops signing and is
+    /// withdrawn an hour (the longest token lifetime) and a minute later, once
+    /// the last token it signed has expired. Prints the schedule.
+    RotateSigningKey {
+        /// Seconds the new key is published before it signs: at least
+        /// SIGNING_KEYS_RELOAD_SECS, so every replica knows it first, and where
+        /// verifiers read a JWKS_FILE, the time to copy the new set there plus
+        /// their TOKEN_KEYS_REFRESH_SECS. 0 signs at once (a leaked key).
+        #[arg(long, default_value_t = 120)]
+        sign_after_secs: u64,
+    },
+    /// Withdraws a key now (one that leaked): tokens it signed stop verifying
+    /// within each verifier's TOKEN_KEYS_REFRESH_SECS. Refused for the only key
+    /// that signs now; rotate with `--sign-after-secs 0` first.
+    RetireSigningKey {
+        /// The key's id, the `kid` of its tokens and of GetJwks.
+        kid: String,
+    },
 }
 
 /// How auth-service signs tokens and treats passwords; the gateway takes the same
@@ -26,6 +55,17 @@ pub struct AuthSettings {
     /// used, and made on first start.
     #[arg(long, env = "SIGNING_KEY_FILE")]
     pub signing_key_file: Option<PathBuf>,
+    /// Seconds between two loads of the signing keys kept in the database, 1 to
+    /// 3600: a rotated or retired key takes effect in every replica within this.
+    #[arg(long, env = "SIGNING_KEYS_RELOAD_SECS", default_value_t = 30,
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub signing_keys_reload_secs: u64,
+    /// 32 random bytes in base64 (`openssl rand -base64 32`) that seal the
+    /// signing keys kept in the database: without it they are stored in the
+    /// clear, readable by anyone with the database or a backup of it. Keys
+    /// stored in the clear are sealed at the next start with it. Empty is unset.
+    #[arg(long, env = "SIGNING_KEYS_SECRET", hide_env_values = true)]
+    pub signing_keys_secret: Option<Secret>,
     /// How long an access token is valid, in seconds (1 minute to 1 hour). Verifiers
     /// refuse tokens that live longer than an hour.
     #[arg(long, env = "TOKEN_TTL_SECS", default_value_t = 1800,
@@ -80,6 +120,8 @@ impl Default for AuthSettings {
     fn default() -> Self {
         Self {
             signing_key_file: None,
+            signing_keys_reload_secs: 30,
+            signing_keys_secret: None,
             token_ttl_secs: 1800,
             password_hashing_concurrency: 0,
             password_hashing_queue: 64,
@@ -94,6 +136,10 @@ impl Default for AuthSettings {
 }
 
 impl AuthSettings {
+    pub fn signing_keys_reload(&self) -> Duration {
+        Duration::from_secs(self.signing_keys_reload_secs)
+    }
+
     pub fn token_ttl(&self) -> Duration {
         Duration::from_secs(self.token_ttl_secs)
     }
@@ -110,6 +156,29 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             auth: AuthSettings::default(),
             common: CommonArgs::default(),
+            command: None,
         }
+    }
+}
+
+/// A setting that must not appear in logs or debug output.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<String> for Secret {
+    fn from(value: String) -> Self {
+        Self(value)
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(..)")
     }
 }

@@ -13,7 +13,7 @@ use service_kit::{
 };
 use tonic::{Request, Response, Status};
 
-use crate::{accounts::Accounts, keys::SigningKeys};
+use crate::{accounts::Accounts, keys::KeyRing};
 
 pub struct UserApi {
     pub accounts: Accounts,
@@ -74,7 +74,7 @@ impl UserService for UserApi {
 
 pub struct AuthApi {
     pub accounts: Accounts,
-    pub keys: Arc<SigningKeys>,
+    pub keys: Arc<KeyRing>,
     pub verifier: Arc<TokenVerifier>,
 }
 
@@ -138,7 +138,8 @@ impl AuthService for AuthApi {
     ) -> Result<Response<proto::GetJwksResponse>, Status> {
         let keys = self
             .keys
-            .published()
+            .current()
+            .published(std::time::SystemTime::now())
             .keys
             .iter()
             .filter_map(jwk_to_proto)

@@ -9,6 +9,7 @@ mod accounts;
 pub mod config;
 mod grpc;
 mod hashing_threads;
+mod key_commands;
 mod keys;
 mod password;
 mod throttle;
@@ -17,7 +18,7 @@ mod users;
 
 use std::{net::SocketAddr, sync::Arc};
 
-use access_token::{StaticKeys, TokenVerifier};
+use access_token::TokenVerifier;
 use agora_proto::auth::v1::{
     auth_service_server::AuthServiceServer, user_service_server::UserServiceServer,
 };
@@ -25,11 +26,25 @@ use service_kit::{CommonArgs, ServedApi, ServiceConfig, StartupError, request_id
 use sqlx::PgPool;
 use tonic::{server::NamedService, service::Routes};
 
-pub use config::{AuthSettings, Config};
+pub use config::{AuthSettings, Config, KeyCommand};
 /// The key an email's login failures are counted by (as `auth.email_key` in SQL).
 pub use users::email_key;
 /// For tests: what the periodic purge started by `served_api` does each round.
 pub use users::purge_expired_request_ids;
+
+/// The `auth-service` binary: serves until a shutdown signal, or makes one change
+/// to the signing keys and exits.
+pub async fn main() -> std::process::ExitCode {
+    use clap::Parser as _;
+    let config = Config::parse();
+    match &config.command {
+        None => service_kit::service::run(config).await,
+        Some(command) => {
+            service_kit::telemetry::init(config.common.log_format);
+            key_commands::run(&config, command).await
+        }
+    }
+}
 
 impl ServiceConfig for Config {
     const NAME: &'static str = "auth-service";
@@ -41,16 +56,30 @@ impl ServiceConfig for Config {
     /// auth-service's gRPC services.
     async fn served_api(&self, pool: PgPool) -> Result<ServedApi, StartupError> {
         let config = self;
+        let seal = keys::KeySeal::configured(&config.auth)
+            .map_err(|error| StartupError::Config(error.to_string()))?;
         let keys = match &config.auth.signing_key_file {
             Some(path) => keys::SigningKeys::from_pem_file(path),
             None => match pool.acquire().await {
-                Ok(mut conn) => keys::SigningKeys::load_or_create(&mut conn).await,
+                Ok(mut conn) => keys::SigningKeys::load_or_create(&mut conn, seal.as_deref()).await,
                 Err(error) => Err(error.into()),
             },
         };
-        let keys = Arc::new(keys.map_err(|error| StartupError::Config(error.to_string()))?);
-        // auth-service verifies with its own public keys; no network round trip.
-        let verifier = Arc::new(TokenVerifier::new(StaticKeys(keys.published().clone())));
+        let keys =
+            keys::KeyRing::new(keys.map_err(|error| StartupError::Config(error.to_string()))?);
+        let reload_every = config.auth.signing_keys_reload();
+        if config.auth.signing_key_file.is_none() {
+            if seal.is_none() {
+                tracing::warn!(
+                    "the token signing keys are stored in the clear in the database; \
+                     set SIGNING_KEYS_SECRET (or SIGNING_KEY_FILE) in production"
+                );
+            }
+            keys.reload_periodically(pool.clone(), seal, reload_every);
+        }
+        // auth-service verifies with its own key ring; no network round trip.
+        let verifier = Arc::new(TokenVerifier::new(keys::RingKeys(keys.clone())));
+        verifier.keep_keys_fresh(reload_every);
         let passwords = password::Passwords::new(
             config.auth.password_hashing_concurrency,
             config.auth.password_hashing_queue,

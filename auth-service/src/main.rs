@@ -1,4 +1,4 @@
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
-    service_kit::service::main::<auth_service::Config>().await
+    auth_service::main().await
 }

@@ -10,7 +10,7 @@ use jsonwebtoken::{Algorithm, Header};
 use service_kit::ApiError;
 use uuid::Uuid;
 
-use crate::keys::SigningKeys;
+use crate::keys::KeyRing;
 
 /// A signed access token, the session it belongs to, and when it stops being valid.
 pub struct IssuedToken {
@@ -20,14 +20,14 @@ pub struct IssuedToken {
     pub expires_at: SystemTime,
 }
 
-/// Signs access tokens with auth-service's current key.
+/// Signs access tokens with the key that signs now.
 pub struct TokenIssuer {
-    keys: Arc<SigningKeys>,
+    keys: Arc<KeyRing>,
     ttl: Duration,
 }
 
 impl TokenIssuer {
-    pub fn new(keys: Arc<SigningKeys>, ttl: Duration) -> Self {
+    pub fn new(keys: Arc<KeyRing>, ttl: Duration) -> Self {
         Self { keys, ttl }
     }
 
@@ -49,10 +49,14 @@ impl TokenIssuer {
             jti: Uuid::now_v7().to_string(),
             sid: Some(session_id.to_string()),
         };
+        let keys = self.keys.current();
+        let signer = keys
+            .signer(now)
+            .ok_or_else(|| ApiError::internal("no signing key signs now"))?;
         let mut header = Header::new(Algorithm::EdDSA);
         header.typ = Some(TOKEN_TYPE.to_owned());
-        header.kid = Some(self.keys.kid().to_owned());
-        let token = jsonwebtoken::encode(&header, &claims, self.keys.encoding_key())
+        header.kid = Some(signer.kid.to_owned());
+        let token = jsonwebtoken::encode(&header, &claims, signer.encoding_key)
             .map_err(ApiError::internal)?;
         Ok(IssuedToken {
             token,
@@ -69,16 +73,17 @@ mod tests {
     use ed25519_dalek::pkcs8::{EncodePrivateKey, spki::der::pem::LineEnding};
 
     use super::*;
+    use crate::keys::SigningKeys;
 
     /// Signing keys from a fresh PEM file, as production loads them.
-    fn signing_keys() -> Arc<SigningKeys> {
+    fn signing_keys() -> Arc<KeyRing> {
         let key = ed25519_dalek::SigningKey::generate(&mut rand_core::OsRng);
         let pem = key.to_pkcs8_pem(LineEnding::LF).unwrap();
         let path = std::env::temp_dir().join(format!("agora-signing-{}.pem", Uuid::now_v7()));
         std::fs::write(&path, pem.as_bytes()).unwrap();
         let keys = SigningKeys::from_pem_file(&path);
         std::fs::remove_file(&path).unwrap();
-        Arc::new(keys.unwrap())
+        KeyRing::new(keys.unwrap())
     }
 
     #[tokio::test]
@@ -91,8 +96,9 @@ mod tests {
 
         let header = jsonwebtoken::decode_header(&issued.token).unwrap();
         assert_eq!(header.typ.as_deref(), Some("at+jwt"), "RFC 9068");
-        assert_eq!(header.kid.as_deref(), Some(keys.kid()));
-        let verifier = TokenVerifier::new(StaticKeys(keys.published().clone()));
+        let published = keys.current().published(SystemTime::now());
+        assert_eq!(header.kid, published.keys[0].common.key_id);
+        let verifier = TokenVerifier::new(StaticKeys(published));
         let caller = verifier
             .verify(&issued.token)
             .await

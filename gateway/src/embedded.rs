@@ -72,6 +72,7 @@ pub async fn bind_services(
         listen: addresses.auth,
         auth: leave_a_core_for_reads(auth),
         common: common(),
+        command: None,
     };
     let auth = build_with_pool(&auth_config, pool.clone())
         .await

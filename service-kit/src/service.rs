@@ -58,7 +58,11 @@ pub async fn build_with_pool<C: ServiceConfig>(
 /// A service binary's whole `main`: read the configuration, set up logging, then
 /// serve until a shutdown signal (or check health, with `--health-check`).
 pub async fn main<C: ServiceConfig>() -> ExitCode {
-    let config = C::parse();
+    run(C::parse()).await
+}
+
+/// [`main`] with a configuration already read.
+pub async fn run<C: ServiceConfig>(config: C) -> ExitCode {
     let (listen, common) = config.server();
     crate::telemetry::init(common.log_format);
     crate::serve_or_check(C::NAME, listen, common.health_check, build(&config)).await

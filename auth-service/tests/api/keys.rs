@@ -194,3 +194,71 @@ async fn services_verify_with_keys_from_auth_service_or_a_jwks_file(pool: PgPool
     );
     std::fs::remove_file(path).unwrap();
 }
+
+fn sealed_with(secret: &str) -> Config {
+    Config {
+        auth: auth_service::AuthSettings {
+            signing_keys_secret: Some(secret.to_owned().into()),
+            ..Default::default()
+        },
+        ..Config::ephemeral()
+    }
+}
+
+/// Each stored key: whether it is sealed, and its stored bytes.
+async fn stored_keys(pool: &PgPool) -> Vec<(bool, Vec<u8>)> {
+    sqlx::query_as("select sealed, private_key from auth.signing_keys order by kid")
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn signing_keys_are_sealed_at_rest_with_the_secret_and_keep_their_tokens_valid(pool: PgPool) {
+    let secret = "lIv+0QE5yqgHRcPLvbXuDDJ3g7RImV4OYFtojd6DG0Q=";
+    let unsealed = spawn_app(pool.clone()).await;
+    let (alice, token) = unsealed.signed_in_user("alice@example.com").await;
+    let kids = published_kids(&unsealed).await;
+    unsealed.stop().await;
+    let [(false, clear)] = &stored_keys(&pool).await[..] else {
+        panic!("one key, in the clear, without a secret");
+    };
+
+    let sealed = spawn_app_with(pool.clone(), sealed_with(secret)).await;
+
+    let [(true, stored)] = &stored_keys(&pool).await[..] else {
+        panic!("the key is sealed at the first start with a secret");
+    };
+    assert_ne!(stored, clear);
+    assert!(
+        !stored.windows(32).any(|window| clear.ends_with(window)),
+        "the private key does not appear in what is stored"
+    );
+    assert_eq!(published_kids(&sealed).await, kids, "the same key");
+    sealed
+        .get_user(&alice.id, Some(&token))
+        .await
+        .expect("a token from before the key was sealed");
+    let (_, new_token) = sealed.signed_in_user("bob@example.com").await;
+    assert_eq!(kid_of(&new_token), kids[0], "it signs as before");
+    sealed.stop().await;
+
+    for (secret, expected) in [
+        (None, "sealed: set SIGNING_KEYS_SECRET"),
+        (
+            Some("AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA="),
+            "does not open",
+        ),
+        (Some("too short"), "32 random bytes in base64"),
+    ] {
+        let config = match secret {
+            Some(secret) => sealed_with(secret),
+            None => Config::ephemeral(),
+        };
+        let error = service_kit::service::build_with_pool(&config, pool.clone())
+            .await
+            .err()
+            .expect("start-up fails");
+        assert!(error.to_string().contains(expected), "{secret:?}: {error}");
+    }
+}
