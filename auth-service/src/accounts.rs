@@ -191,7 +191,7 @@ impl Accounts {
                 let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
                 return Err(ApiError::Throttled {
                     reason: ErrorReason::LoginThrottled,
-                    message: format!("too many failed logins {from}; try again in {secs} seconds"),
+                    message: format!("too many failed logins {from}; try again in {secs} s"),
                     retry_after: wait,
                 });
             }

@@ -385,6 +385,17 @@ async fn insert_key(
     sign_after: Duration,
     seal: Option<&KeySeal>,
 ) -> Result<NewKey, KeyError> {
+    // Without the secret, a key stored in the clear beside sealed ones would
+    // undo the sealing.
+    if seal.is_none()
+        && sqlx::query_scalar!(
+            r#"select exists (select from auth.signing_keys where sealed) as "sealed!""#
+        )
+        .fetch_one(&mut *conn)
+        .await?
+    {
+        return Err(KeyError::Sealed);
+    }
     let key = SigningKey::generate(&mut rand_core::OsRng);
     let der = pkcs8_v1(&key)?;
     let kid = RingKey::new(&key, SystemTime::UNIX_EPOCH, None)?.kid;

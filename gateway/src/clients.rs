@@ -67,7 +67,7 @@ impl Clients {
 pub fn registration_refused(wait: Duration) -> tonic::Status {
     let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
     ErrorReason::RegistrationThrottled.status(
-        format!("too many registrations from this address; try again in {secs} seconds"),
+        format!("too many registrations from this address; try again in {secs} s"),
         &[],
         tonic_types::ErrorDetails::with_retry_info(Some(wait)),
     )

@@ -243,6 +243,34 @@ async fn signing_keys_are_sealed_at_rest_with_the_secret_and_keep_their_tokens_v
     assert_eq!(kid_of(&new_token), kids[0], "it signs as before");
     sealed.stop().await;
 
+    // The commands need the secret too: a key stored in the clear beside
+    // sealed ones would undo the sealing.
+    let database = pool.connect_options().get_database().unwrap().to_owned();
+    let mut url = url::Url::parse(&std::env::var("DATABASE_URL").unwrap()).unwrap();
+    url.set_path(&database);
+    let (status, printed) = system_tests::process::run(
+        "auth-service",
+        &[("DATABASE_URL", url.to_string())],
+        &["rotate-signing-key"],
+    )
+    .await;
+    assert!(!status.success(), "{printed}");
+    assert!(printed.contains("set SIGNING_KEYS_SECRET"), "{printed}");
+    let (status, printed) = system_tests::process::run(
+        "auth-service",
+        &[
+            ("DATABASE_URL", url.to_string()),
+            ("SIGNING_KEYS_SECRET", secret.to_owned()),
+        ],
+        &["rotate-signing-key"],
+    )
+    .await;
+    assert!(status.success(), "{printed}");
+    assert!(
+        stored_keys(&pool).await.iter().all(|(sealed, _)| *sealed),
+        "the new key is sealed too"
+    );
+
     for (secret, expected) in [
         (None, "sealed: set SIGNING_KEYS_SECRET"),
         (
