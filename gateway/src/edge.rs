@@ -19,8 +19,8 @@ use prost_types::FileDescriptorSet;
 use service_kit::hop::Hop;
 use service_kit::retry::jitter;
 use service_kit::{
-    RpcLogLayer, ServerLimits, client::Upstream, configured_server, health::HealthFollower,
-    incoming, with_reflection,
+    RpcLogLayer, ServerLimits, TlsAcceptor, client::Upstream, configured_server,
+    health::HealthFollower, incoming, with_reflection,
 };
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -79,6 +79,8 @@ pub struct Edge {
     pub limits: ServerLimits,
     pub cors_allowed_origins: Vec<String>,
     pub clients: Clients,
+    /// Plaintext when `None`.
+    pub tls: Option<TlsAcceptor>,
 }
 
 impl Edge {
@@ -145,7 +147,7 @@ impl Edge {
             ))
             .layer(RequireTokenLayer::new(self.verifier, public))
             .add_routes(routes)
-            .serve_with_incoming_shutdown(incoming(listener), shutdown)
+            .serve_with_incoming_shutdown(incoming(listener, self.tls), shutdown)
             .await;
         followers.iter().for_each(JoinHandle::abort);
         result

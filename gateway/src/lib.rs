@@ -15,9 +15,14 @@ pub mod upstreams;
 
 use std::{future::Future, net::SocketAddr};
 
-use axum::serve::ListenerExt;
+use axum::serve::{Listener, ListenerExt};
 use service_kit::{
-    Serve, TokenKeysArgs, config::KeyConfigError, database::DatabaseError, with_grace,
+    Serve, TlsAcceptor, TlsError, TokenKeysArgs,
+    config::KeyConfigError,
+    database::DatabaseError,
+    incoming,
+    tls::{self, Incoming, ServerIo},
+    with_grace,
 };
 use tokio::{net::TcpListener, sync::watch};
 
@@ -36,6 +41,10 @@ pub enum StartupError {
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
     Keys(#[from] KeyConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    UpstreamTls(#[from] service_kit::client::UpstreamTlsError),
     #[error("cannot listen on {address}: {source}")]
     Bind {
         address: SocketAddr,
@@ -52,7 +61,7 @@ pub async fn main() -> std::process::ExitCode {
     service_kit::serve_or_check(
         "gateway",
         config.grpc_listen,
-        config.common.health_check,
+        &config.common,
         build(&config),
     )
     .await
@@ -65,11 +74,16 @@ pub struct Gateway {
     edge: edge::Edge,
     http_router: axum::Router,
     embedded: Option<EmbeddedServices>,
+    /// Both ports serve TLS with it; plaintext when `None`. Embedded services
+    /// stay plaintext on loopback (and are called in-process).
+    tls: Option<TlsAcceptor>,
 }
 
 /// Binds both ports; without upstream URLs, first starts the three services on the
 /// configured database (creating and migrating it as needed).
 pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
+    // Bad TLS files stop the start before anything else is set up.
+    let tls = config.common.tls.acceptor()?;
     let (urls, embedded) = match config.upstream_urls() {
         Some(urls) => (urls, None),
         None => {
@@ -84,6 +98,11 @@ pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
             (services.urls.clone(), Some(services))
         }
     };
+    // The CA and client certificate for https:// upstreams, from flags too.
+    service_kit::install_tls(
+        &config.common.upstream_tls,
+        std::time::Duration::from_secs(config.common.tls.tls_reload_secs),
+    )?;
     let upstreams = Upstreams::connect(&urls)?;
     let token_keys = TokenKeysArgs {
         auth_service_url: urls.auth.clone(),
@@ -115,8 +134,10 @@ pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
             verifier,
             limits: config.common.limits.clone(),
             cors_allowed_origins: config.cors_allowed_origins.clone(),
+            tls: tls.clone(),
         },
         embedded,
+        tls,
     })
 }
 
@@ -162,12 +183,10 @@ impl Gateway {
             self.edge.serve(self.grpc, stop)
         });
         let http = with_grace(stopped(edge_stopped), |stop| {
-            // Small JSON answers must not wait for delayed ACKs.
-            let listener = self.http.tap_io(|tcp| {
-                if let Err(error) = tcp.set_nodelay(true) {
-                    tracing::debug!(%error, "cannot set TCP_NODELAY");
-                }
-            });
+            // `incoming` sets TCP_NODELAY (small JSON answers must not wait for
+            // delayed ACKs); `tap_io` is what lets axum give any listener's peer
+            // address to `ConnectInfo`.
+            let listener = HttpListener(incoming(self.http, self.tls)).tap_io(|_| {});
             // The peer's address, for the client address of logins and
             // registrations.
             let app = self
@@ -196,10 +215,17 @@ impl Serve for Gateway {
     type Error = std::io::Error;
 
     fn announce(&self, name: &str) {
+        let transport = tls::transport(self.tls.as_ref());
+        let scheme = if self.tls.is_some() { "https" } else { "http" };
+        let listeners = format!(
+            "grpc {} {transport}, http {} {transport}",
+            self.grpc_addr(),
+            self.http_addr()
+        );
         tracing::info!(
-            grpc = %self.grpc_addr(),
-            http = %format!("http://{}", self.http_addr()),
-            docs = %format!("http://{}/docs", self.http_addr()),
+            listeners = listeners.as_str(),
+            http = %format!("{scheme}://{}", self.http_addr()),
+            docs = %format!("{scheme}://{}/docs", self.http_addr()),
             services = if self.is_embedded() { "embedded" } else { "upstream" },
             "{name} listening"
         );
@@ -207,5 +233,41 @@ impl Serve for Gateway {
 
     fn run_until_stopped(self) -> impl Future<Output = Result<(), Self::Error>> + Send {
         self.run_until(service_kit::shutdown_signal())
+    }
+}
+
+/// The HTTP port's connections, plaintext or TLS, for `axum::serve`.
+struct HttpListener(Incoming);
+
+impl Listener for HttpListener {
+    type Io = ServerIo;
+    type Addr = SocketAddr;
+
+    async fn accept(&mut self) -> (Self::Io, Self::Addr) {
+        loop {
+            let error = match self.0.accept().await {
+                Ok(io) => match io.remote_addr() {
+                    Ok(peer) => return (io, peer),
+                    // Gone already.
+                    Err(_) => continue,
+                },
+                Err(error) => error,
+            };
+            // As axum does for its own listener: a connection that failed before
+            // it was accepted is the client's business; anything else (too many
+            // open files, say) needs a moment before accepting again.
+            use std::io::ErrorKind::{ConnectionAborted, ConnectionRefused, ConnectionReset};
+            if !matches!(
+                error.kind(),
+                ConnectionAborted | ConnectionRefused | ConnectionReset
+            ) {
+                tracing::error!(%error, "cannot accept an http connection");
+                tokio::time::sleep(std::time::Duration::from_secs(1)).await;
+            }
+        }
+    }
+
+    fn local_addr(&self) -> std::io::Result<Self::Addr> {
+        self.0.local_addr()
     }
 }

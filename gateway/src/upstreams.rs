@@ -6,11 +6,12 @@ use agora_proto::{
     posts::v1::post_service_client::PostServiceClient,
     votes::v1::vote_service_client::VoteServiceClient,
 };
-use service_kit::client::{AddressError, Upstream};
+use service_kit::client::{SettingError, Upstream};
 use service_kit::hop::Hop;
 
 /// Where each upstream service listens: each a URL, a comma-separated list of
-/// them, or a URL whose host is a DNS name (see `service_kit::client`).
+/// them, or a URL whose host is a DNS name (see `service_kit::client`); with
+/// `https://`, over TLS with the process's upstream TLS settings.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct UpstreamUrls {
     pub auth: String,
@@ -57,10 +58,10 @@ impl Upstreams {
     }
 }
 
-/// An upstream setting that cannot be used.
+/// An upstream setting, or the TLS files it needs, that cannot be used.
 #[derive(Debug, thiserror::Error)]
 #[error("{service}: {source}")]
 pub struct UpstreamError {
     service: &'static str,
-    source: AddressError,
+    source: SettingError,
 }

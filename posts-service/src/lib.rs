@@ -14,7 +14,7 @@ mod neighbours;
 mod posts;
 mod quotas;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use agora_proto::{
     auth::v1::user_service_client::UserServiceClient,
@@ -40,6 +40,12 @@ impl ServiceConfig for Config {
 
     /// posts-service's gRPC service.
     async fn served_api(&self, pool: PgPool) -> Result<ServedApi, StartupError> {
+        // Before the first upstream is made (auth-service's keys, just below).
+        service_kit::install_tls(
+            &self.common.upstream_tls,
+            Duration::from_secs(self.common.tls.tls_reload_secs),
+        )
+        .map_err(|error| StartupError::Config(error.to_string()))?;
         let verifier = self.token_keys.verifier()?;
         let channel = |what: &str, url: &str| {
             upstream(url)

@@ -6,6 +6,14 @@
 //! literal IP address is never re-resolved. [`upstream`] is the one place that
 //! turns such a setting into a channel; calls on it are spread over the replicas.
 //!
+//! A URL with `https://` is reached over TLS: the server's certificate must be valid
+//! for the URL's host (also when the connection goes to one of a name's addresses)
+//! and issued by a CA of `UPSTREAM_CA_FILE` (the Mozilla roots without it); with
+//! `UPSTREAM_CERT_FILE` and `UPSTREAM_KEY_FILE` this process presents that
+//! certificate, for mutual TLS. The files are the process's, read again when they
+//! change or on SIGHUP: new connections use what they then hold, connections open
+//! keep theirs. See [`install_tls`].
+//!
 //! tonic's balancer alone keeps picking a replica that refuses connections (a lazy
 //! endpoint reports ready and fails the call with the connect error), so each
 //! replica is also followed over a connection of its own: it leaves the balancer
@@ -16,21 +24,28 @@
 
 use std::{
     collections::{BTreeMap, BTreeSet, HashMap},
+    io,
     net::{IpAddr, SocketAddr},
+    path::{Path, PathBuf},
+    pin::Pin,
     str::FromStr,
-    sync::Arc,
-    time::Duration,
+    sync::{Arc, Mutex},
+    task::{Context, Poll},
+    time::{Duration, SystemTime},
 };
 
 use crate::hop::{Hop, LocalServer};
 use http::Uri;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
 use tokio::{
     net::TcpStream,
-    sync::{mpsc, watch},
+    sync::{Notify, mpsc, watch},
     task::JoinHandle,
 };
-use tonic::transport::{Channel, Endpoint, channel::Change};
+use tonic::transport::{
+    Certificate, Channel, ClientTlsConfig, Endpoint, Identity, channel::Change,
+};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
@@ -48,6 +63,9 @@ const LOOKUP_TIMEOUT: Duration = Duration::from_secs(5);
 const CHECK_INTERVAL: Duration = Duration::from_secs(5);
 /// How soon a replica that is down is tried again.
 const RETRY_INTERVAL: Duration = Duration::from_secs(1);
+/// How often the TLS files are looked at, unless `TLS_RELOAD_SECS` says otherwise
+/// (the listeners' setting: one pace for every certificate of a process).
+const TLS_RELOAD_INTERVAL: Duration = Duration::from_secs(5);
 
 /// The settings every channel to another service has.
 fn configured(endpoint: Endpoint) -> Endpoint {
@@ -60,20 +78,46 @@ fn configured(endpoint: Endpoint) -> Endpoint {
 }
 
 /// A channel to one server at `url` that connects on first use and reconnects
-/// after failures; HTTP/2 multiplexes every call over it. For another service,
-/// whose setting may name several replicas, use [`upstream`].
-pub fn lazy_channel(url: &str) -> Result<Channel, tonic::transport::Error> {
-    Ok(configured(Endpoint::from_shared(url.to_owned())?).connect_lazy())
+/// after failures; HTTP/2 multiplexes every call over it. An `https://` URL is
+/// reached with this process's upstream TLS settings. For another service, whose
+/// setting may name several replicas, use [`upstream`].
+pub fn lazy_channel(url: &str) -> Result<Channel, SettingError> {
+    let invalid = |problem| AddressError {
+        url: url.to_owned(),
+        problem,
+    };
+    let uri: Uri = url.parse().map_err(|_| invalid("not a URL"))?;
+    let tls = match uri.scheme_str() {
+        Some("https") => Some(process_tls()?),
+        _ => None,
+    };
+    let endpoint = secured(Endpoint::from(uri.clone()), &uri, tls.as_ref())
+        .map_err(|_| invalid("the host is not a valid TLS server name"))?;
+    Ok(configured(endpoint).connect_lazy())
 }
 
 /// A channel spread over the replicas that `setting` names (see the module
 /// documentation), with the health of those replicas. It connects lazily, so the
 /// service may start later; it must be made inside a Tokio runtime.
-pub fn upstream(setting: &str) -> Result<Upstream, AddressError> {
+pub fn upstream(setting: &str) -> Result<Upstream, SettingError> {
     let address: UpstreamAddress = setting.parse()?;
-    let mut upstream = Upstream::follow(address);
+    let tls = match address.targets.iter().any(|target| target.tls) {
+        true => Some(process_tls()?),
+        false => None,
+    };
+    let mut upstream = Upstream::follow(address, tls);
     upstream.local = crate::hop::find(setting.trim());
     Ok(upstream)
+}
+
+/// An upstream setting, or the TLS files an `https://` one needs, that cannot be
+/// used.
+#[derive(Debug, thiserror::Error)]
+pub enum SettingError {
+    #[error(transparent)]
+    Address(#[from] AddressError),
+    #[error(transparent)]
+    Tls(#[from] UpstreamTlsError),
 }
 
 /// The replicas of one service behind one channel. Cloning is cheap and shares
@@ -112,7 +156,7 @@ impl Upstream {
         }
     }
 
-    fn follow(address: UpstreamAddress) -> Self {
+    fn follow(address: UpstreamAddress, tls: Option<ClientTls>) -> Self {
         let (channel, changes) = Channel::balance_channel(1024);
         let (health, health_receiver) = watch::channel(ReplicaHealth::default());
         let (events, event_receiver) = mpsc::channel(64);
@@ -127,6 +171,7 @@ impl Upstream {
             states: BTreeMap::new(),
             probes: Probes::default(),
             members: BTreeSet::new(),
+            tls,
         };
         // Literal addresses are known now. Without any, names stand in for
         // themselves until looked up, so no call waits for the first lookup.
@@ -145,7 +190,15 @@ impl Upstream {
 
 /// One entry of an upstream setting.
 #[derive(Debug, Clone, PartialEq, Eq)]
-enum Target {
+struct Target {
+    place: Place,
+    /// `https://`: over TLS.
+    tls: bool,
+}
+
+/// Where a target's replicas are.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Place {
     /// A literal IP address: one replica, never looked up again.
     Ip(SocketAddr),
     /// A DNS name: every address it resolves to is a replica.
@@ -153,12 +206,18 @@ enum Target {
 }
 
 impl Target {
-    /// What calls name as their `:authority`: the configured host, so a name
-    /// stays a name even when the connection goes to one of its addresses.
+    fn scheme(&self) -> &'static str {
+        if self.tls { "https" } else { "http" }
+    }
+
+    /// What calls name as their `:authority`, and what a TLS certificate must be
+    /// valid for: the configured host, so a name stays a name even when the
+    /// connection goes to one of its addresses.
     fn origin(&self) -> Uri {
-        let uri = match self {
-            Target::Ip(address) => format!("http://{address}"),
-            Target::Name { host, port } => format!("http://{host}:{port}"),
+        let scheme = self.scheme();
+        let uri = match &self.place {
+            Place::Ip(address) => format!("{scheme}://{address}"),
+            Place::Name { host, port } => format!("{scheme}://{host}:{port}"),
         };
         uri.parse().expect("a host and a port make a URI")
     }
@@ -201,11 +260,12 @@ impl FromStr for UpstreamAddress {
 
 fn parse_target(url: &str) -> Result<Target, &'static str> {
     let uri: Uri = url.parse().map_err(|_| "not a URL")?;
-    match uri.scheme_str() {
-        Some("http") => {}
-        Some(_) => return Err("only http:// is supported"),
+    let tls = match uri.scheme_str() {
+        Some("http") => false,
+        Some("https") => true,
+        Some(_) => return Err("only http:// and https:// are supported"),
         None => return Err("the scheme is missing (http://host:port)"),
-    }
+    };
     if uri
         .path_and_query()
         .is_some_and(|path| path.as_str() != "/")
@@ -213,15 +273,19 @@ fn parse_target(url: &str) -> Result<Target, &'static str> {
         return Err("a path is not allowed");
     }
     let host = uri.host().ok_or("the host is missing")?;
-    let port = uri.port_u16().unwrap_or(80);
+    let port = uri.port_u16().unwrap_or(if tls { 443 } else { 80 });
     let literal = host.trim_start_matches('[').trim_end_matches(']');
-    Ok(match literal.parse::<IpAddr>() {
-        Ok(ip) => Target::Ip(SocketAddr::new(ip, port)),
-        Err(_) => Target::Name {
+    if tls && ServerName::try_from(literal).is_err() {
+        return Err("the host is not a valid TLS server name");
+    }
+    let place = match literal.parse::<IpAddr>() {
+        Ok(ip) => Place::Ip(SocketAddr::new(ip, port)),
+        Err(_) => Place::Name {
             host: host.to_ascii_lowercase(),
             port,
         },
-    })
+    };
+    Ok(Target { place, tls })
 }
 
 /// An upstream setting that cannot be used.
@@ -282,6 +346,8 @@ struct Follower {
     states: BTreeMap<SocketAddr, State>,
     probes: Probes,
     members: BTreeSet<Member>,
+    /// For `https://` targets.
+    tls: Option<ClientTls>,
 }
 
 impl Follower {
@@ -290,10 +356,18 @@ impl Follower {
             .address
             .targets
             .iter()
-            .any(|target| matches!(target, Target::Name { .. }));
+            .any(|target| matches!(target.place, Place::Name { .. }));
         let mut resolve = tokio::time::interval(RESOLVE_INTERVAL);
         resolve.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut tls_changes = self.tls.as_ref().map(|tls| tls.current.clone());
         loop {
+            let tls_changed = async {
+                match tls_changes.as_mut() {
+                    Some(changes) => changes.changed().await.is_ok(),
+                    None => std::future::pending().await,
+                }
+            };
+            let mut changes = Vec::new();
             tokio::select! {
                 // Every clone of the channel is gone: nobody needs the replicas.
                 () = self.changes.closed() => return,
@@ -303,9 +377,14 @@ impl Follower {
                         *known = state;
                     }
                 }
+                changed = tls_changed => match changed {
+                    true => changes = self.renewed_members(),
+                    false => tls_changes = None,
+                },
             }
             self.publish_health();
-            for change in self.membership_changes() {
+            changes.extend(self.membership_changes());
+            for change in changes {
                 if self.changes.send(change).await.is_err() {
                     return;
                 }
@@ -315,8 +394,8 @@ impl Follower {
 
     fn add_literal_addresses(&mut self) {
         for (index, target) in self.address.targets.clone().iter().enumerate() {
-            if let Target::Ip(address) = target {
-                self.set_addresses(index, BTreeSet::from([*address]));
+            if let Place::Ip(address) = target.place {
+                self.set_addresses(index, BTreeSet::from([address]));
             }
         }
         self.publish_health();
@@ -326,7 +405,7 @@ impl Follower {
     /// addresses it had.
     async fn resolve(&mut self) {
         for (index, target) in self.address.targets.clone().iter().enumerate() {
-            let Target::Name { host, port } = target else {
+            let Place::Name { host, port } = &target.place else {
                 continue;
             };
             let lookup = tokio::net::lookup_host((host.as_str(), *port));
@@ -377,8 +456,12 @@ impl Follower {
                 let origin = self.address.targets[index].origin();
                 self.origins.insert(*replica, origin.clone());
                 self.states.insert(*replica, State::Unknown);
-                self.probes
-                    .start(*replica, origin.clone(), self.events.clone());
+                self.probes.start(
+                    *replica,
+                    origin.clone(),
+                    self.tls.clone(),
+                    self.events.clone(),
+                );
             }
         }
         let gone: Vec<SocketAddr> = self
@@ -430,19 +513,52 @@ impl Follower {
             changes.push(Change::Remove(member.clone()));
         }
         for member in wanted.difference(&self.members) {
-            let endpoint = match member {
-                Member::Replica(replica) => {
-                    let uri: Uri = format!("http://{replica}")
-                        .parse()
-                        .expect("an address makes a URI");
-                    Endpoint::from(uri).origin(self.origins[replica].clone())
-                }
-                Member::Name(index) => Endpoint::from(self.address.targets[*index].origin()),
-            };
-            changes.push(Change::Insert(member.clone(), configured(endpoint)));
+            changes.extend(self.insert(member));
         }
         self.members = wanted;
         changes
+    }
+
+    /// The TLS files changed: every TLS member again, so new connections use
+    /// them. The balancer swaps each one for its new endpoint once that is
+    /// ready; calls in flight finish on the connections they began on.
+    fn renewed_members(&self) -> Vec<Change<Member, Endpoint>> {
+        self.members
+            .iter()
+            .filter(|member| self.origin(member).scheme_str() == Some("https"))
+            .filter_map(|member| self.insert(member))
+            .collect()
+    }
+
+    fn origin(&self, member: &Member) -> Uri {
+        match member {
+            Member::Replica(replica) => self.origins[replica].clone(),
+            Member::Name(index) => self.address.targets[*index].origin(),
+        }
+    }
+
+    /// The balancer's endpoint for `member`: the replica's address under its
+    /// target's origin, over TLS checked against the origin's host if https.
+    fn insert(&self, member: &Member) -> Option<Change<Member, Endpoint>> {
+        let origin = self.origin(member);
+        let endpoint = match member {
+            Member::Replica(replica) => {
+                let scheme = origin.scheme_str().unwrap_or("http");
+                let uri: Uri = format!("{scheme}://{replica}")
+                    .parse()
+                    .expect("an address makes a URI");
+                Endpoint::from(uri).origin(origin.clone())
+            }
+            Member::Name(_) => Endpoint::from(origin.clone()),
+        };
+        match secured(endpoint, &origin, self.tls.as_ref()) {
+            Ok(endpoint) => Some(Change::Insert(member.clone(), configured(endpoint))),
+            Err(error) => {
+                // The files were checked when read and the host when parsed.
+                tracing::error!(upstream = %origin, error = %error_chain(&error), "cannot set up tls for upstream");
+                None
+            }
+        }
     }
 }
 
@@ -456,11 +572,13 @@ impl Probes {
         &mut self,
         replica: SocketAddr,
         origin: Uri,
+        tls: Option<ClientTls>,
         events: mpsc::Sender<(SocketAddr, State)>,
     ) {
         let probe = Probe {
             replica,
             origin,
+            tls,
             events,
             state: State::Unknown,
         };
@@ -485,6 +603,8 @@ impl Drop for Probes {
 struct Probe {
     replica: SocketAddr,
     origin: Uri,
+    /// Read at each new connection, so it follows the files.
+    tls: Option<ClientTls>,
     events: mpsc::Sender<(SocketAddr, State)>,
     state: State,
 }
@@ -492,7 +612,7 @@ struct Probe {
 impl Probe {
     async fn run(mut self) {
         loop {
-            match ProbeConnection::open(self.replica, &self.origin).await {
+            match ProbeConnection::open(self.replica, &self.origin, self.tls.as_ref()).await {
                 Err(error) => self.report(State::Down, &error).await,
                 Ok(mut connection) => loop {
                     match connection.check().await {
@@ -542,43 +662,51 @@ impl Probe {
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-type ProbeService = tower::util::BoxCloneSyncService<
-    http::Request<tonic::body::Body>,
-    http::Response<hyper::body::Incoming>,
-    hyper::Error,
->;
-
-/// An HTTP/2 connection to one replica, for its health only.
+/// An HTTP/2 connection to one replica, for its health only, over TLS as calls
+/// are.
 struct ProbeConnection {
-    health: HealthClient<ProbeService>,
-    task: JoinHandle<()>,
+    health: HealthClient<Channel>,
+    /// Told when the connection's socket is dropped: the connection is over.
+    closed: Arc<Notify>,
 }
 
 impl ProbeConnection {
-    async fn open(replica: SocketAddr, origin: &Uri) -> Result<Self, BoxError> {
-        let handshake = async {
-            let stream = TcpStream::connect(replica).await?;
-            stream.set_nodelay(true)?;
-            let (sender, connection) =
-                hyper::client::conn::http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .handshake(TokioIo::new(stream))
-                    .await?;
-            Ok::<_, BoxError>((sender, connection))
-        };
-        let (sender, connection) = tokio::time::timeout(CONNECT_TIMEOUT, handshake)
-            .await
-            .map_err(|_| "connect timed out")??;
-        let task = tokio::spawn(async move {
-            let _ = connection.await;
+    async fn open(
+        replica: SocketAddr,
+        origin: &Uri,
+        tls: Option<&ClientTls>,
+    ) -> Result<Self, BoxError> {
+        let scheme = origin.scheme_str().unwrap_or("http");
+        let uri: Uri = format!("{scheme}://{replica}").parse()?;
+        let endpoint = secured(
+            Endpoint::from(uri)
+                .origin(origin.clone())
+                .connect_timeout(CONNECT_TIMEOUT),
+            origin,
+            tls,
+        )?;
+        let closed = Arc::new(Notify::new());
+        let told = closed.clone();
+        // tonic's own connector, but with a socket that says when it is dropped.
+        let connector = tower::service_fn(move |_: Uri| {
+            let closed = told.clone();
+            async move {
+                let stream = TcpStream::connect(replica).await?;
+                stream.set_nodelay(true)?;
+                Ok::<_, io::Error>(ClosingSocket {
+                    io: TokioIo::new(stream),
+                    closed,
+                })
+            }
         });
-        let service = tower::service_fn(move |request| {
-            let mut sender = sender.clone();
-            async move { sender.send_request(request).await }
-        });
+        let channel =
+            tokio::time::timeout(CONNECT_TIMEOUT, endpoint.connect_with_connector(connector))
+                .await
+                .map_err(|_| "connect timed out")?
+                .map_err(|error| error_chain(&error))?;
         Ok(Self {
-            health: HealthClient::with_origin(ProbeService::new(service), origin.clone()),
-            task,
+            health: HealthClient::new(channel),
+            closed,
         })
     }
 
@@ -600,20 +728,459 @@ impl ProbeConnection {
 
     /// Completes when the replica closes the connection, or it breaks.
     async fn closed(&mut self) {
-        let _ = (&mut self.task).await;
+        self.closed.notified().await;
     }
 }
 
-impl Drop for ProbeConnection {
+/// A probe's TCP socket, which tells when the connection over it is dropped.
+struct ClosingSocket {
+    io: TokioIo<TcpStream>,
+    closed: Arc<Notify>,
+}
+
+impl Drop for ClosingSocket {
     fn drop(&mut self) {
-        self.task.abort();
+        self.closed.notify_one();
+    }
+}
+
+impl hyper::rt::Read for ClosingSocket {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: hyper::rt::ReadBufCursor<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_read(cx, buf)
+    }
+}
+
+impl hyper::rt::Write for ClosingSocket {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write(cx, buf)
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().io).poll_shutdown(cx)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().io).poll_write_vectored(cx, bufs)
+    }
+}
+
+/// How this process reaches services at `https://` URLs. Without any of these,
+/// it trusts the Mozilla roots and presents no certificate.
+#[derive(Debug, Clone, Default, PartialEq, Eq, clap::Args)]
+pub struct UpstreamTlsArgs {
+    /// PEM bundle of the CAs that issue the services' certificates, trusted for
+    /// https:// upstream URLs instead of the Mozilla roots. Read again when it
+    /// changes.
+    #[arg(long, env = "UPSTREAM_CA_FILE", value_parser = path_or_empty())]
+    pub upstream_ca_file: Option<PathBuf>,
+    /// PEM certificate chain (leaf first) this process presents to https://
+    /// upstreams, for mutual TLS; with UPSTREAM_KEY_FILE. Read again when it
+    /// changes.
+    #[arg(long, env = "UPSTREAM_CERT_FILE", value_parser = path_or_empty())]
+    pub upstream_cert_file: Option<PathBuf>,
+    /// PEM private key of that certificate (PKCS#8, PKCS#1 or SEC1).
+    #[arg(long, env = "UPSTREAM_KEY_FILE", value_parser = path_or_empty())]
+    pub upstream_key_file: Option<PathBuf>,
+}
+
+/// A path, where an empty value (`${UPSTREAM_CA_FILE:-}` in a compose file)
+/// stands for none instead of being refused.
+pub(crate) fn path_or_empty() -> impl clap::builder::TypedValueParser<Value = PathBuf> {
+    use clap::builder::TypedValueParser as _;
+    clap::builder::OsStringValueParser::new().map(PathBuf::from)
+}
+
+impl UpstreamTlsArgs {
+    /// The settings as the environment gives them, for a process that installed
+    /// none.
+    fn from_env() -> Self {
+        let path = |name| {
+            std::env::var_os(name)
+                .filter(|value| !value.is_empty())
+                .map(PathBuf::from)
+        };
+        Self {
+            upstream_ca_file: path("UPSTREAM_CA_FILE"),
+            upstream_cert_file: path("UPSTREAM_CERT_FILE"),
+            upstream_key_file: path("UPSTREAM_KEY_FILE"),
+        }
+    }
+
+    /// Whether any file is named; an empty value (`${UPSTREAM_CA_FILE:-}` in a
+    /// compose file) names none.
+    pub fn is_set(&self) -> bool {
+        self.files().is_ok_and(|files| files != TlsFiles::default())
+    }
+
+    fn files(&self) -> Result<TlsFiles, UpstreamTlsError> {
+        let given =
+            |path: &Option<PathBuf>| path.clone().filter(|path| !path.as_os_str().is_empty());
+        let identity = match (
+            given(&self.upstream_cert_file),
+            given(&self.upstream_key_file),
+        ) {
+            (Some(cert), Some(key)) => Some((cert, key)),
+            (None, None) => None,
+            _ => return Err(UpstreamTlsError::CertificateWithoutKey),
+        };
+        Ok(TlsFiles {
+            ca: given(&self.upstream_ca_file),
+            identity,
+        })
+    }
+}
+
+/// The upstream TLS settings cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamTlsError {
+    #[error("UPSTREAM_CERT_FILE and UPSTREAM_KEY_FILE go together: set both or neither")]
+    CertificateWithoutKey,
+    #[error("cannot read {setting} {}: {source}", path.display())]
+    Read {
+        setting: &'static str,
+        path: PathBuf,
+        source: io::Error,
+    },
+    #[error("{setting} {}: {problem}", path.display())]
+    Invalid {
+        setting: &'static str,
+        path: PathBuf,
+        problem: String,
+    },
+    #[error("other upstream TLS settings are already in use in this process")]
+    AlreadyInstalled,
+}
+
+/// The upstream TLS settings of this process, and what they were read from.
+static PROCESS_TLS: Mutex<Option<(UpstreamTlsArgs, ClientTls)>> = Mutex::new(None);
+
+fn process_tls_slot() -> std::sync::MutexGuard<'static, Option<(UpstreamTlsArgs, ClientTls)>> {
+    PROCESS_TLS
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Makes `args` the upstream TLS settings of this process: a binary calls it once
+/// at start-up, before it makes any upstream. The files are read now (an error
+/// names the one at fault) and then looked at every `reload_every`, and read again
+/// on SIGHUP. Settings naming no file change nothing. Without a call, the first
+/// `https://` upstream takes the settings from the environment.
+///
+/// The settings are the process's rather than each channel's because the
+/// certificate a process presents is its identity, the same towards every
+/// service; this way no constructor between `main` and a channel carries them.
+pub fn install_tls(args: &UpstreamTlsArgs, reload_every: Duration) -> Result<(), UpstreamTlsError> {
+    if !args.is_set() {
+        return Ok(());
+    }
+    let mut slot = process_tls_slot();
+    match &*slot {
+        Some((installed, _)) if installed == args => Ok(()),
+        Some(_) => Err(UpstreamTlsError::AlreadyInstalled),
+        None => {
+            let tls = ClientTls::load(args.files()?, reload_every, true)?;
+            *slot = Some((args.clone(), tls));
+            Ok(())
+        }
+    }
+}
+
+/// The upstream TLS of this process: the installed one, or else the one the
+/// environment describes.
+fn process_tls() -> Result<ClientTls, UpstreamTlsError> {
+    let mut slot = process_tls_slot();
+    if let Some((_, tls)) = &*slot {
+        return Ok(tls.clone());
+    }
+    let args = UpstreamTlsArgs::from_env();
+    let reload_every = std::env::var("TLS_RELOAD_SECS")
+        .ok()
+        .and_then(|secs| secs.parse().ok())
+        .filter(|secs| (1..=3600).contains(secs))
+        .map_or(TLS_RELOAD_INTERVAL, Duration::from_secs);
+    let tls = ClientTls::load(args.files()?, reload_every, true)?;
+    *slot = Some((args, tls.clone()));
+    Ok(tls)
+}
+
+/// The files the TLS of `https://` upstreams is made of.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+struct TlsFiles {
+    ca: Option<PathBuf>,
+    /// The certificate and its key.
+    identity: Option<(PathBuf, PathBuf)>,
+}
+
+impl TlsFiles {
+    fn paths(&self) -> Vec<&Path> {
+        let identity = self
+            .identity
+            .iter()
+            .flat_map(|(cert, key)| [cert.as_path(), key.as_path()]);
+        self.ca.as_deref().into_iter().chain(identity).collect()
+    }
+
+    /// What tells a changed file: its modification time and size (and, on Unix,
+    /// which file the path leads to, as a Kubernetes secret's symlink swap
+    /// changes).
+    fn stamps(&self) -> Vec<Option<(SystemTime, u64, u64)>> {
+        self.paths()
+            .into_iter()
+            .map(|path| {
+                let metadata = std::fs::metadata(path).ok()?;
+                #[cfg(unix)]
+                let inode = std::os::unix::fs::MetadataExt::ino(&metadata);
+                #[cfg(not(unix))]
+                let inode = 0;
+                Some((metadata.modified().ok()?, metadata.len(), inode))
+            })
+            .collect()
+    }
+
+    /// The TLS configuration the files make, without a server name yet.
+    fn client_config(&self) -> Result<ClientTlsConfig, UpstreamTlsError> {
+        let mut config = ClientTlsConfig::new().timeout(CONNECT_TIMEOUT);
+        config = match &self.ca {
+            Some(path) => {
+                let pem = read_certificates("UPSTREAM_CA_FILE", path)?;
+                config.ca_certificate(Certificate::from_pem(pem))
+            }
+            None => config.with_webpki_roots(),
+        };
+        if let Some((cert, key)) = &self.identity {
+            let chain = read_certificates("UPSTREAM_CERT_FILE", cert)?;
+            let key_pem = read_key(key)?;
+            config = config.identity(Identity::from_pem(chain, key_pem));
+            // What tonic would otherwise find only at the first connection.
+            Endpoint::from_static("https://upstream.invalid")
+                .tls_config(config.clone())
+                .map_err(|error| {
+                    invalid(
+                        "UPSTREAM_KEY_FILE",
+                        key,
+                        format_args!(
+                            "cannot be used with the certificate in {}: {}",
+                            cert.display(),
+                            error_chain(&error)
+                        ),
+                    )
+                })?;
+        }
+        Ok(config)
+    }
+}
+
+fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, UpstreamTlsError> {
+    std::fs::read(path).map_err(|source| UpstreamTlsError::Read {
+        setting,
+        path: path.to_owned(),
+        source,
+    })
+}
+
+fn invalid(
+    setting: &'static str,
+    path: &Path,
+    problem: impl std::fmt::Display,
+) -> UpstreamTlsError {
+    UpstreamTlsError::Invalid {
+        setting,
+        path: path.to_owned(),
+        problem: problem.to_string(),
+    }
+}
+
+/// The PEM of a file that holds certificates, and only usable ones (a CA bundle
+/// with one bad entry would otherwise lose it silently).
+fn read_certificates(setting: &'static str, path: &Path) -> Result<Vec<u8>, UpstreamTlsError> {
+    let pem = read(setting, path)?;
+    let certificates = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|error| invalid(setting, path, format_args!("not valid PEM: {error}")))?;
+    if certificates.is_empty() {
+        return Err(invalid(
+            setting,
+            path,
+            "no PEM certificate (BEGIN CERTIFICATE) in it",
+        ));
+    }
+    if setting == "UPSTREAM_CA_FILE" {
+        let mut roots = rustls::RootCertStore::empty();
+        for certificate in certificates {
+            roots.add(certificate).map_err(|error| {
+                invalid(
+                    setting,
+                    path,
+                    format_args!("not a usable CA certificate: {error}"),
+                )
+            })?;
+        }
+    }
+    Ok(pem)
+}
+
+fn read_key(path: &Path) -> Result<Vec<u8>, UpstreamTlsError> {
+    let setting = "UPSTREAM_KEY_FILE";
+    let pem = read(setting, path)?;
+    match PrivateKeyDer::from_pem_slice(&pem) {
+        Ok(_) => Ok(pem),
+        Err(rustls::pki_types::pem::Error::NoItemsFound) => Err(invalid(
+            setting,
+            path,
+            "no unencrypted private key (PKCS#8, PKCS#1 or SEC1 PEM) in it",
+        )),
+        Err(error) => Err(invalid(
+            setting,
+            path,
+            format_args!("not valid PEM: {error}"),
+        )),
+    }
+}
+
+/// An error and its causes, as one line.
+fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut line = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        line.push_str(": ");
+        line.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    line
+}
+
+/// The TLS of `https://` upstreams as the files held when last read. Clones share
+/// it; while one lives, the files are followed.
+#[derive(Clone)]
+pub(crate) struct ClientTls {
+    current: watch::Receiver<ClientTlsConfig>,
+}
+
+impl ClientTls {
+    /// Reads the files now; with any file named, follows them every
+    /// `reload_every` (and on SIGHUP, with `on_hangup`) for as long as a clone
+    /// lives, so it needs a Tokio runtime.
+    fn load(
+        files: TlsFiles,
+        reload_every: Duration,
+        on_hangup: bool,
+    ) -> Result<Self, UpstreamTlsError> {
+        let stamps = files.stamps();
+        let (sender, current) = watch::channel(files.client_config()?);
+        if !files.paths().is_empty() {
+            tokio::spawn(follow_files(files, stamps, sender, reload_every, on_hangup));
+        }
+        Ok(Self { current })
+    }
+
+    /// The configuration for a connection to `server_name`, as the files hold now.
+    fn for_server(&self, server_name: &str) -> ClientTlsConfig {
+        self.current.borrow().clone().domain_name(server_name)
+    }
+}
+
+/// Reads the files again when one changes, or on SIGHUP, until no [`ClientTls`]
+/// is left. A reading that fails keeps the previous configuration, with a
+/// warning, and is tried again once the files change again.
+async fn follow_files(
+    files: TlsFiles,
+    mut stamps: Vec<Option<(SystemTime, u64, u64)>>,
+    sender: watch::Sender<ClientTlsConfig>,
+    reload_every: Duration,
+    on_hangup: bool,
+) {
+    let mut ticks = tokio::time::interval(reload_every);
+    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    ticks.tick().await;
+    #[cfg(unix)]
+    let mut hangups = match on_hangup {
+        false => None,
+        true => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .inspect_err(|error| {
+                tracing::warn!(%error, "cannot listen for SIGHUP; upstream tls files are followed by their modification times only");
+            })
+            .ok(),
+    };
+    #[cfg(not(unix))]
+    let _ = on_hangup;
+    loop {
+        #[cfg(unix)]
+        let hangup = async {
+            match hangups.as_mut() {
+                Some(hangups) => hangups.recv().await,
+                None => std::future::pending().await,
+            }
+        };
+        #[cfg(not(unix))]
+        let hangup = std::future::pending::<Option<()>>();
+        let cause = tokio::select! {
+            () = sender.closed() => return,
+            _ = ticks.tick() => "files changed",
+            _ = hangup => "sighup",
+        };
+        let now = files.stamps();
+        if cause == "files changed" && now == stamps {
+            continue;
+        }
+        stamps = now;
+        match files.client_config() {
+            Ok(config) => {
+                sender.send_replace(config);
+                tracing::info!(
+                    cause,
+                    "upstream tls files reloaded; new connections use them"
+                );
+            }
+            Err(error) => tracing::warn!(
+                cause,
+                %error,
+                "upstream tls reload failed; keeping the previous certificates"
+            ),
+        }
+    }
+}
+
+/// `endpoint` over TLS, checked against the host of `origin`, when `origin` is
+/// `https://`; unchanged otherwise.
+fn secured(
+    endpoint: Endpoint,
+    origin: &Uri,
+    tls: Option<&ClientTls>,
+) -> Result<Endpoint, tonic::transport::Error> {
+    match (origin.scheme_str(), tls) {
+        (Some("https"), Some(tls)) => {
+            let host = origin.host().unwrap_or_default();
+            let host = host.trim_start_matches('[').trim_end_matches(']');
+            endpoint.tls_config(tls.for_server(host))
+        }
+        _ => Ok(endpoint),
     }
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::{
-        Arc,
+        Arc, Mutex,
         atomic::{AtomicUsize, Ordering},
     };
 
@@ -622,13 +1189,26 @@ mod tests {
     use super::*;
 
     fn ip(address: &str) -> Target {
-        Target::Ip(address.parse().unwrap())
+        Target {
+            place: Place::Ip(address.parse().unwrap()),
+            tls: false,
+        }
     }
 
     fn name(host: &str, port: u16) -> Target {
-        Target::Name {
-            host: host.to_owned(),
-            port,
+        Target {
+            place: Place::Name {
+                host: host.to_owned(),
+                port,
+            },
+            tls: false,
+        }
+    }
+
+    fn over_tls(target: Target) -> Target {
+        Target {
+            tls: true,
+            ..target
         }
     }
 
@@ -657,6 +1237,14 @@ mod tests {
                 ],
             ),
             ("http://localhost", vec![name("localhost", 80)]),
+            (
+                "https://10.0.0.1:50053,https://posts-service:50053",
+                vec![
+                    over_tls(ip("10.0.0.1:50053")),
+                    over_tls(name("posts-service", 50053)),
+                ],
+            ),
+            ("https://localhost", vec![over_tls(name("localhost", 443))]),
         ];
         for (setting, expected) in cases {
             let address: UpstreamAddress = setting
@@ -672,7 +1260,7 @@ mod tests {
             ("", "no URL given"),
             (" , ", "no URL given"),
             ("10.0.0.1:50053", "the scheme is missing"),
-            ("https://10.0.0.1:50053", "only http://"),
+            ("ftp://10.0.0.1:50053", "only http:// and https://"),
             ("http://10.0.0.1:50053/agora", "a path is not allowed"),
             ("http://10.0.0.1:50053,not a url", "not a URL"),
         ];
@@ -840,5 +1428,361 @@ mod tests {
 
         assert_eq!(failed_checks(&upstream, 50).await, 0);
         assert!(upstream.any_replica_serving().await);
+    }
+
+    /// A CA of the test's own, the certificates it issues, and a folder for their
+    /// PEM files, removed at the end.
+    struct Pki {
+        ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+        dir: PathBuf,
+    }
+
+    /// A certificate with its key.
+    struct Leaf {
+        cert: String,
+        key: String,
+        der: Vec<u8>,
+    }
+
+    impl Pki {
+        fn new() -> Self {
+            let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, "agora test ca");
+            params.key_usages = vec![
+                rcgen::KeyUsagePurpose::KeyCertSign,
+                rcgen::KeyUsagePurpose::DigitalSignature,
+            ];
+            let ca =
+                rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
+                    .unwrap();
+            let dir = std::env::temp_dir().join(format!(
+                "agora-upstream-tls-{}",
+                uuid::Uuid::now_v7().simple()
+            ));
+            std::fs::create_dir_all(&dir).unwrap();
+            Self { ca, dir }
+        }
+
+        /// A certificate for `names` (DNS names or IP addresses), for a server or
+        /// a client.
+        fn issue(&self, names: &[&str]) -> Leaf {
+            let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
+            let mut params = rcgen::CertificateParams::new(names).unwrap();
+            params.extended_key_usages = vec![
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ];
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = params.signed_by(&key, &self.ca).unwrap();
+            Leaf {
+                cert: cert.pem(),
+                key: key.serialize_pem(),
+                der: cert.der().to_vec(),
+            }
+        }
+
+        fn file(&self, name: &str, contents: &str) -> PathBuf {
+            let path = self.dir.join(name);
+            std::fs::write(&path, contents).unwrap();
+            path
+        }
+
+        fn ca_file(&self) -> PathBuf {
+            self.file("ca.pem", &self.ca.pem())
+        }
+
+        /// Files for a client presenting `leaf` and trusting this CA.
+        fn client_files(&self, leaf: &Leaf) -> TlsFiles {
+            TlsFiles {
+                ca: Some(self.ca_file()),
+                identity: Some((
+                    self.file("client.pem", &leaf.cert),
+                    self.file("client-key.pem", &leaf.key),
+                )),
+            }
+        }
+    }
+
+    impl Drop for Pki {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.dir);
+        }
+    }
+
+    /// A replica serving health over mutual TLS with `server`, accepting client
+    /// certificates from `clients`; it keeps the client certificate of every call
+    /// the tests make (marked `x-test`).
+    struct TlsReplica {
+        address: SocketAddr,
+        peers: Arc<Mutex<Vec<Vec<u8>>>>,
+        reporter: tonic_health::server::HealthReporter,
+        _stop: tokio::sync::oneshot::Sender<()>,
+    }
+
+    impl TlsReplica {
+        async fn start(server: &Leaf, clients: &Pki) -> Self {
+            let listener = tokio::net::TcpListener::bind(loopback()).await.unwrap();
+            let address = listener.local_addr().unwrap();
+            let (reporter, health) = tonic_health::server::health_reporter();
+            let peers = Arc::new(Mutex::new(Vec::new()));
+            let seen = peers.clone();
+            let health = InterceptedService::new(health, move |request: tonic::Request<()>| {
+                if request.metadata().contains_key("x-test") {
+                    let certs = request.peer_certs().expect("a client certificate");
+                    seen.lock().unwrap().push(certs[0].to_vec());
+                }
+                Ok(request)
+            });
+            let tls = tonic::transport::ServerTlsConfig::new()
+                .identity(Identity::from_pem(&server.cert, &server.key))
+                .client_ca_root(Certificate::from_pem(clients.ca.pem()));
+            let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+            tokio::spawn(
+                tonic::transport::Server::builder()
+                    .tls_config(tls)
+                    .unwrap()
+                    .add_service(health)
+                    .serve_with_incoming_shutdown(
+                        tonic::transport::server::TcpIncoming::from(listener),
+                        async {
+                            let _ = stopped.await;
+                        },
+                    ),
+            );
+            Self {
+                address,
+                peers,
+                reporter,
+                _stop: stop,
+            }
+        }
+
+        fn last_peer(&self) -> Option<Vec<u8>> {
+            self.peers.lock().unwrap().last().cloned()
+        }
+    }
+
+    fn tls_upstream(setting: &str, files: TlsFiles) -> Upstream {
+        let tls =
+            ClientTls::load(files, Duration::from_millis(100), false).expect("the files load");
+        Upstream::follow(setting.parse().unwrap(), Some(tls))
+    }
+
+    #[tokio::test]
+    async fn an_https_upstream_checks_the_servers_certificate_and_presents_its_own() {
+        let pki = Pki::new();
+        let client = pki.issue(&["posts-service"]);
+        let replica = TlsReplica::start(&pki.issue(&["localhost", "127.0.0.1"]), &pki).await;
+        let port = replica.address.port();
+
+        // By address, the certificate is checked for the address; by name, for
+        // the name, though connections go to the addresses it resolves to.
+        for setting in [
+            format!("https://127.0.0.1:{port}"),
+            format!("https://localhost:{port}"),
+        ] {
+            let upstream = tls_upstream(&setting, pki.client_files(&client));
+            let mut health = upstream.health.clone();
+            tokio::time::timeout(
+                Duration::from_secs(10),
+                health.wait_for(|h| h.states.contains_key(&replica.address) && h.all_answered()),
+            )
+            .await
+            .unwrap_or_else(|_| panic!("{setting}: probed in time"))
+            .unwrap();
+
+            assert!(upstream.any_replica_serving().await, "{setting}");
+            assert_eq!(failed_checks(&upstream, 20).await, 0, "{setting}");
+            assert_eq!(
+                replica.last_peer(),
+                Some(client.der.clone()),
+                "{setting}: the client certificate is presented"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_server_the_ca_does_not_vouch_for_and_a_client_without_a_certificate_get_nowhere() {
+        let (pki, stranger) = (Pki::new(), Pki::new());
+        let client = pki.issue(&["posts-service"]);
+        let unknown_issuer = TlsReplica::start(&stranger.issue(&["127.0.0.1"]), &pki).await;
+        let other_name = TlsReplica::start(&pki.issue(&["elsewhere.test"]), &pki).await;
+        let mutual = TlsReplica::start(&pki.issue(&["127.0.0.1"]), &pki).await;
+        let without_certificate = TlsFiles {
+            ca: Some(pki.ca_file()),
+            identity: None,
+        };
+        let cases = [
+            (
+                &unknown_issuer,
+                pki.client_files(&client),
+                "a server certificate from another CA",
+            ),
+            (
+                &other_name,
+                pki.client_files(&client),
+                "a server certificate for another name",
+            ),
+            (
+                &mutual,
+                without_certificate,
+                "no client certificate for a mutual TLS server",
+            ),
+        ];
+        for (replica, files, case) in cases {
+            let upstream = tls_upstream(&format!("https://{}", replica.address), files);
+            settled(&upstream).await;
+
+            assert!(!upstream.any_replica_serving().await, "{case}");
+            assert_eq!(failed_checks(&upstream, 3).await, 3, "{case}");
+        }
+    }
+
+    #[tokio::test]
+    async fn rotated_files_serve_new_connections_while_calls_in_flight_go_on() {
+        let pki = Pki::new();
+        let (before, after) = (pki.issue(&["client-a"]), pki.issue(&["client-b"]));
+        let replica = TlsReplica::start(&pki.issue(&["127.0.0.1"]), &pki).await;
+        let files = pki.client_files(&before);
+        let upstream = tls_upstream(&format!("https://{}", replica.address), files.clone());
+        settled(&upstream).await;
+        assert_eq!(failed_checks(&upstream, 5).await, 0);
+        assert_eq!(replica.last_peer(), Some(before.der.clone()));
+        // A call that stays open: a health watch.
+        replica
+            .reporter
+            .set_service_status("agora.test.Rotation", tonic_health::ServingStatus::Serving)
+            .await;
+        let mut watch = HealthClient::new(upstream.channel())
+            .watch(HealthCheckRequest {
+                service: "agora.test.Rotation".to_owned(),
+            })
+            .await
+            .expect("the watch opens")
+            .into_inner();
+        assert_eq!(
+            watch.message().await.unwrap().unwrap().status(),
+            ServingStatus::Serving
+        );
+
+        let (cert, key) = files.identity.as_ref().unwrap();
+        std::fs::write(cert, &after.cert).unwrap();
+        std::fs::write(key, &after.key).unwrap();
+        let rotated = async {
+            while replica.last_peer() != Some(after.der.clone()) {
+                assert_eq!(failed_checks(&upstream, 1).await, 0, "no call fails");
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(10), rotated)
+            .await
+            .expect("new connections present the new certificate");
+
+        replica
+            .reporter
+            .set_service_status(
+                "agora.test.Rotation",
+                tonic_health::ServingStatus::NotServing,
+            )
+            .await;
+        let update = tokio::time::timeout(Duration::from_secs(5), watch.message())
+            .await
+            .expect("the call begun before goes on")
+            .expect("on its connection")
+            .expect("with a message");
+        assert_eq!(update.status(), ServingStatus::NotServing);
+    }
+
+    #[tokio::test]
+    async fn a_reload_that_fails_keeps_the_files_read_before() {
+        let pki = Pki::new();
+        let files = pki.client_files(&pki.issue(&["client-a"]));
+        let tls = ClientTls::load(files.clone(), Duration::from_millis(50), false).unwrap();
+        let mut current = tls.current.clone();
+        current.mark_unchanged();
+
+        let (cert, key) = files.identity.as_ref().unwrap();
+        std::fs::write(key, "not a key").unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!current.has_changed().unwrap(), "the old files stay in use");
+
+        let renewed = pki.issue(&["client-b"]);
+        std::fs::write(cert, &renewed.cert).unwrap();
+        std::fs::write(key, &renewed.key).unwrap();
+        tokio::time::timeout(Duration::from_secs(5), current.changed())
+            .await
+            .expect("good files are taken once they are there")
+            .unwrap();
+    }
+
+    #[test]
+    fn bad_files_are_refused_naming_the_setting_and_the_file() {
+        let pki = Pki::new();
+        let (leaf, other) = (pki.issue(&["client"]), pki.issue(&["other"]));
+        let ca = pki.ca_file();
+        let cert = pki.file("cert.pem", &leaf.cert);
+        let key = pki.file("key.pem", &leaf.key);
+        let other_key = pki.file("other-key.pem", &other.key);
+        let garbage = pki.file("garbage.pem", "not pem at all\n");
+        let missing = pki.dir.join("missing.pem");
+        let files = |ca: &PathBuf, identity: Option<(&PathBuf, &PathBuf)>| TlsFiles {
+            ca: Some(ca.clone()),
+            identity: identity.map(|(cert, key)| (cert.clone(), key.clone())),
+        };
+        let cases = [
+            (
+                files(&missing, None),
+                "cannot read UPSTREAM_CA_FILE",
+                &missing,
+            ),
+            (files(&garbage, None), "UPSTREAM_CA_FILE", &garbage),
+            (
+                files(&ca, Some((&garbage, &key))),
+                "UPSTREAM_CERT_FILE",
+                &garbage,
+            ),
+            (
+                files(&ca, Some((&cert, &missing))),
+                "cannot read UPSTREAM_KEY_FILE",
+                &missing,
+            ),
+            (
+                files(&ca, Some((&cert, &cert))),
+                "no unencrypted private key",
+                &cert,
+            ),
+            (
+                files(&ca, Some((&cert, &other_key))),
+                "cannot be used with the certificate",
+                &other_key,
+            ),
+        ];
+        for (files, expected, path) in cases {
+            let error = files
+                .client_config()
+                .expect_err(&format!("{files:?} is refused"))
+                .to_string();
+            assert!(error.contains(expected), "{files:?}: {error}");
+            assert!(
+                error.contains(&path.display().to_string()),
+                "{files:?}: {error} names the file"
+            );
+        }
+        let half = UpstreamTlsArgs {
+            upstream_cert_file: Some(cert),
+            ..UpstreamTlsArgs::default()
+        };
+        assert!(matches!(
+            half.files(),
+            Err(UpstreamTlsError::CertificateWithoutKey)
+        ));
+        let empty = UpstreamTlsArgs {
+            upstream_ca_file: Some(PathBuf::new()),
+            ..UpstreamTlsArgs::default()
+        };
+        assert!(!empty.is_set(), "an empty value names no file");
     }
 }

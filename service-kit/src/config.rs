@@ -100,6 +100,12 @@ pub struct CommonArgs {
     pub database: DatabaseArgs,
     #[command(flatten)]
     pub limits: ServerLimits,
+    /// TLS on the binary's listeners (plaintext unless set).
+    #[command(flatten)]
+    pub tls: crate::tls::TlsArgs,
+    /// TLS towards the services at https:// URLs this binary calls.
+    #[command(flatten)]
+    pub upstream_tls: crate::client::UpstreamTlsArgs,
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,

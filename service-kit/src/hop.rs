@@ -166,9 +166,16 @@ pub(crate) fn register(
     }
 }
 
-/// The server of this process bound at `url`, if there is one.
+/// The server of this process bound at `url`, if there is one. Servers register
+/// their plain `http://` address; an `https://` URL names the same server, and a
+/// call within the process has no wire to encrypt.
 pub(crate) fn find(url: &str) -> Option<Arc<LocalServer>> {
-    local_servers().get(url).and_then(Weak::upgrade)
+    let plain = url
+        .strip_prefix("https://")
+        .map(|rest| format!("http://{rest}"));
+    local_servers()
+        .get(plain.as_deref().unwrap_or(url))
+        .and_then(Weak::upgrade)
 }
 
 fn local_servers() -> std::sync::MutexGuard<'static, HashMap<String, Weak<LocalServer>>> {
@@ -227,6 +234,18 @@ mod tests {
         drop(entry);
         let stopped = check(url).await.unwrap_err();
         assert_eq!(stopped.code(), Code::Unavailable, "{stopped:?}");
+    }
+
+    #[tokio::test]
+    async fn a_server_of_this_process_is_called_in_process_when_its_url_says_https() {
+        let entry = local_health_server(
+            "http://in-process-tls.test:1",
+            PublicMethods::infrastructure(),
+        );
+        entry.set_serving(true);
+        check("https://in-process-tls.test:1")
+            .await
+            .expect("answered in-process");
     }
 
     #[tokio::test]

@@ -19,8 +19,10 @@ pub mod retry;
 pub mod server;
 pub mod service;
 pub mod telemetry;
+pub mod tls;
 
 pub use calls::RpcLogLayer;
+pub use client::{UpstreamTlsArgs, install_tls};
 pub use config::{CommonArgs, DatabaseArgs, LogFormat, ServerLimits, TokenKeysArgs};
 pub use error::{ApiError, ConstraintExt};
 pub use server::{
@@ -28,3 +30,4 @@ pub use server::{
     serve_or_check, shutdown_signal, with_grace, with_reflection,
 };
 pub use service::{ServiceConfig, StartupError};
+pub use tls::{TlsAcceptor, TlsArgs, TlsError};

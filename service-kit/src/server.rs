@@ -1,6 +1,6 @@
 //! A gRPC server with everything Agora serves beside its own APIs: reflection (v1
 //! and v1alpha), health that follows the database, the access-token layer, one
-//! span per call, explicit limits and graceful shutdown.
+//! span per call, explicit limits, TLS when configured, and graceful shutdown.
 
 use std::{
     future::Future, io, net::SocketAddr, pin::Pin, process::ExitCode, sync::Arc, time::Duration,
@@ -18,9 +18,10 @@ use tonic::{
 use tower::{Layer as _, limit::GlobalConcurrencyLimitLayer};
 
 use crate::{
-    RpcLogLayer, ServerLimits,
+    CommonArgs, RpcLogLayer, ServerLimits,
     health::HealthFollower,
     hop::{self, LocalEntry},
+    tls::{self, Incoming, TlsAcceptor},
 };
 
 /// What one server offers: its gRPC services and what they depend on.
@@ -74,6 +75,8 @@ pub struct GrpcServer {
     permits: Arc<Semaphore>,
     /// Tells this process's callers when to reach the server in-process.
     local: LocalEntry,
+    /// Plaintext when `None`.
+    tls: Option<TlsAcceptor>,
 }
 
 impl GrpcServer {
@@ -102,7 +105,13 @@ impl GrpcServer {
             api,
             permits,
             local,
+            tls: None,
         })
+    }
+
+    /// Serves TLS with `tls` (plaintext with `None`, as after `bind`).
+    pub fn with_tls(self, tls: Option<TlsAcceptor>) -> Self {
+        Self { tls, ..self }
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -128,6 +137,7 @@ impl GrpcServer {
             api,
             permits,
             local,
+            tls,
         } = self;
         // In-process calls go where network ones can: nowhere once stopping.
         local.set_serving(true);
@@ -163,7 +173,7 @@ impl GrpcServer {
                 .layer(GlobalConcurrencyLimitLayer::with_semaphore(permits))
                 .layer(api.token_layer)
                 .add_routes(routes)
-                .serve_with_incoming_shutdown(incoming(listener), shutdown)
+                .serve_with_incoming_shutdown(incoming(listener, tls), shutdown)
         };
         let result = with_grace(shutdown, serve).await.unwrap_or(Ok(()));
         health_probe.abort();
@@ -233,13 +243,15 @@ where
     }
 }
 
-/// The connections `listener` accepts, with the socket options tonic applies only
+/// The connections `listener` accepts, TLS ones once their handshake is done
+/// (plaintext when `tls` is `None`), with the socket options tonic applies only
 /// to listeners it binds itself: without `TCP_NODELAY`, small answers wait for
 /// delayed ACKs (tens of milliseconds each).
-pub fn incoming(listener: TcpListener) -> TcpIncoming {
-    TcpIncoming::from(listener)
+pub fn incoming(listener: TcpListener, tls: Option<TlsAcceptor>) -> Incoming {
+    let tcp = TcpIncoming::from(listener)
         .with_nodelay(Some(true))
-        .with_keepalive(Some(Duration::from_secs(60)))
+        .with_keepalive(Some(Duration::from_secs(60)));
+    Incoming::new(tcp, tls)
 }
 
 /// A tonic server with the limits every Agora server applies; layers and routes
@@ -289,7 +301,13 @@ impl Serve for GrpcServer {
     type Error = tonic::transport::Error;
 
     fn announce(&self, name: &str) {
-        tracing::info!(address = %self.local_addr(), "{name} listening");
+        let transport = tls::transport(self.tls.as_ref());
+        let listeners = format!("grpc {} {transport}", self.local_addr());
+        tracing::info!(
+            address = %self.local_addr(),
+            listeners = listeners.as_str(),
+            "{name} listening"
+        );
     }
 
     fn run_until_stopped(self) -> impl Future<Output = Result<(), Self::Error>> + Send {
@@ -304,11 +322,11 @@ impl Serve for GrpcServer {
 pub async fn serve_or_check<S: Serve, E: std::fmt::Display>(
     name: &str,
     listen: SocketAddr,
-    health_check: bool,
+    common: &CommonArgs,
     build: impl Future<Output = Result<S, E>>,
 ) -> ExitCode {
-    if health_check {
-        return check_health(listen).await;
+    if common.health_check {
+        return check_health(listen, common).await;
     }
     let server = match build.await {
         Ok(server) => server,
@@ -327,8 +345,9 @@ pub async fn serve_or_check<S: Serve, E: std::fmt::Display>(
     }
 }
 
-/// Asks the gRPC server listening on `listen` for its overall health.
-pub async fn check_health(listen: SocketAddr) -> ExitCode {
+/// Asks the gRPC server listening on `listen` for its overall health, over TLS
+/// when `common` serves TLS.
+pub async fn check_health(listen: SocketAddr, common: &CommonArgs) -> ExitCode {
     // A server bound to every interface answers on loopback.
     let target = match listen.ip() {
         ip if ip.is_unspecified() && ip.is_ipv4() => {
@@ -340,7 +359,19 @@ pub async fn check_health(listen: SocketAddr) -> ExitCode {
         _ => listen,
     };
     let status = async {
-        let channel = crate::client::lazy_channel(&format!("http://{target}"))?;
+        // Over TLS when the server speaks it, verified against UPSTREAM_CA_FILE
+        // and presenting UPSTREAM_CERT_FILE, as any caller would.
+        let scheme = match common.tls.files()? {
+            Some(_) => {
+                crate::client::install_tls(
+                    &common.upstream_tls,
+                    Duration::from_secs(common.tls.tls_reload_secs),
+                )?;
+                "https"
+            }
+            None => "http",
+        };
+        let channel = crate::client::lazy_channel(&format!("{scheme}://{target}"))?;
         let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
         let response = health
             .check(tonic_health::pb::HealthCheckRequest {

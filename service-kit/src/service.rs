@@ -7,6 +7,7 @@ use sqlx::PgPool;
 
 use crate::{
     BindError, CommonArgs, GrpcServer, ServedApi, config::KeyConfigError, database::DatabaseError,
+    tls::TlsError,
 };
 
 /// A service's configuration, which is all it takes to start the service.
@@ -33,6 +34,8 @@ pub enum StartupError {
     Keys(#[from] KeyConfigError),
     #[error(transparent)]
     Bind(#[from] BindError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
     /// A setting of the service's own that cannot be used.
     #[error("{0}")]
     Config(String),
@@ -45,14 +48,19 @@ pub async fn build<C: ServiceConfig>(config: &C) -> Result<GrpcServer, StartupEr
     build_with_pool(config, pool).await
 }
 
-/// Binds the service on an already migrated database.
+/// Binds the service on an already migrated database, serving TLS when its
+/// settings say so.
 pub async fn build_with_pool<C: ServiceConfig>(
     config: &C,
     pool: PgPool,
 ) -> Result<GrpcServer, StartupError> {
-    let api = config.served_api(pool).await?;
     let (listen, common) = config.server();
-    Ok(GrpcServer::bind(listen, common.limits.clone(), api).await?)
+    // Bad TLS files stop the start before anything else is set up.
+    let tls = common.tls.acceptor()?;
+    let api = config.served_api(pool).await?;
+    Ok(GrpcServer::bind(listen, common.limits.clone(), api)
+        .await?
+        .with_tls(tls))
 }
 
 /// A service binary's whole `main`: read the configuration, set up logging, then
@@ -65,5 +73,5 @@ pub async fn main<C: ServiceConfig>() -> ExitCode {
 pub async fn run<C: ServiceConfig>(config: C) -> ExitCode {
     let (listen, common) = config.server();
     crate::telemetry::init(common.log_format);
-    crate::serve_or_check(C::NAME, listen, common.health_check, build(&config)).await
+    crate::serve_or_check(C::NAME, listen, common, build(&config)).await
 }

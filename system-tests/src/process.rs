@@ -178,6 +178,11 @@ impl Process {
         }
     }
 
+    /// The process id, to send it a signal.
+    pub fn pid(&self) -> u32 {
+        self.child.id().expect("a running child")
+    }
+
     /// Sends SIGKILL, as a crash or an OOM kill would end it, and waits for the
     /// process to be gone.
     pub async fn kill(mut self) -> ExitStatus {

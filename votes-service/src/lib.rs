@@ -11,7 +11,7 @@ mod grpc;
 mod quotas;
 mod votes;
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, time::Duration};
 
 use agora_proto::votes::v1::vote_service_server::VoteServiceServer;
 use service_kit::{CommonArgs, ServedApi, ServiceConfig, StartupError};
@@ -29,6 +29,12 @@ impl ServiceConfig for Config {
 
     /// votes-service's gRPC service.
     async fn served_api(&self, pool: PgPool) -> Result<ServedApi, StartupError> {
+        // Before the first upstream is made (auth-service's keys, just below).
+        service_kit::install_tls(
+            &self.common.upstream_tls,
+            Duration::from_secs(self.common.tls.tls_reload_secs),
+        )
+        .map_err(|error| StartupError::Config(error.to_string()))?;
         let verifier = self.token_keys.verifier()?;
         let votes = VoteServiceServer::new(grpc::VoteApi {
             pool: pool.clone(),
