@@ -31,13 +31,17 @@ use std::{
     str::FromStr,
     sync::{Arc, Mutex},
     task::{Context, Poll},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
-use crate::hop::{Hop, LocalServer};
+use crate::{
+    error::error_chain,
+    hop::{Hop, LocalServer},
+    pem_files::{self, Followed, PemFileError},
+};
 use http::Uri;
 use hyper_util::rt::TokioIo;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName, pem::PemObject};
+use rustls::pki_types::ServerName;
 use tokio::{
     net::TcpStream,
     sync::{Notify, mpsc, watch},
@@ -855,18 +859,8 @@ impl UpstreamTlsArgs {
 pub enum UpstreamTlsError {
     #[error("UPSTREAM_CERT_FILE and UPSTREAM_KEY_FILE go together: set both or neither")]
     CertificateWithoutKey,
-    #[error("cannot read {setting} {}: {source}", path.display())]
-    Read {
-        setting: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
-    #[error("{setting} {}: {problem}", path.display())]
-    Invalid {
-        setting: &'static str,
-        path: PathBuf,
-        problem: String,
-    },
+    #[error(transparent)]
+    File(#[from] PemFileError),
     #[error("other upstream TLS settings are already in use in this process")]
     AlreadyInstalled,
 }
@@ -940,42 +934,25 @@ impl TlsFiles {
         self.ca.as_deref().into_iter().chain(identity).collect()
     }
 
-    /// What tells a changed file: its modification time and size (and, on Unix,
-    /// which file the path leads to, as a Kubernetes secret's symlink swap
-    /// changes).
-    fn stamps(&self) -> Vec<Option<(SystemTime, u64, u64)>> {
-        self.paths()
-            .into_iter()
-            .map(|path| {
-                let metadata = std::fs::metadata(path).ok()?;
-                #[cfg(unix)]
-                let inode = std::os::unix::fs::MetadataExt::ino(&metadata);
-                #[cfg(not(unix))]
-                let inode = 0;
-                Some((metadata.modified().ok()?, metadata.len(), inode))
-            })
-            .collect()
-    }
-
     /// The TLS configuration the files make, without a server name yet.
     fn client_config(&self) -> Result<ClientTlsConfig, UpstreamTlsError> {
         let mut config = ClientTlsConfig::new().timeout(CONNECT_TIMEOUT);
         config = match &self.ca {
             Some(path) => {
-                let pem = read_certificates("UPSTREAM_CA_FILE", path)?;
+                let pem = pem_files::roots("UPSTREAM_CA_FILE", path)?.text;
                 config.ca_certificate(Certificate::from_pem(pem))
             }
             None => config.with_webpki_roots(),
         };
         if let Some((cert, key)) = &self.identity {
-            let chain = read_certificates("UPSTREAM_CERT_FILE", cert)?;
-            let key_pem = read_key(key)?;
+            let chain = pem_files::certificates("UPSTREAM_CERT_FILE", cert)?.text;
+            let key_pem = pem_files::private_key("UPSTREAM_KEY_FILE", key)?.text;
             config = config.identity(Identity::from_pem(chain, key_pem));
             // What tonic would otherwise find only at the first connection.
             Endpoint::from_static("https://upstream.invalid")
                 .tls_config(config.clone())
                 .map_err(|error| {
-                    invalid(
+                    pem_files::invalid(
                         "UPSTREAM_KEY_FILE",
                         key,
                         format_args!(
@@ -988,85 +965,6 @@ impl TlsFiles {
         }
         Ok(config)
     }
-}
-
-fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, UpstreamTlsError> {
-    std::fs::read(path).map_err(|source| UpstreamTlsError::Read {
-        setting,
-        path: path.to_owned(),
-        source,
-    })
-}
-
-fn invalid(
-    setting: &'static str,
-    path: &Path,
-    problem: impl std::fmt::Display,
-) -> UpstreamTlsError {
-    UpstreamTlsError::Invalid {
-        setting,
-        path: path.to_owned(),
-        problem: problem.to_string(),
-    }
-}
-
-/// The PEM of a file that holds certificates, and only usable ones (a CA bundle
-/// with one bad entry would otherwise lose it silently).
-fn read_certificates(setting: &'static str, path: &Path) -> Result<Vec<u8>, UpstreamTlsError> {
-    let pem = read(setting, path)?;
-    let certificates = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| invalid(setting, path, format_args!("not valid PEM: {error}")))?;
-    if certificates.is_empty() {
-        return Err(invalid(
-            setting,
-            path,
-            "no PEM certificate (BEGIN CERTIFICATE) in it",
-        ));
-    }
-    if setting == "UPSTREAM_CA_FILE" {
-        let mut roots = rustls::RootCertStore::empty();
-        for certificate in certificates {
-            roots.add(certificate).map_err(|error| {
-                invalid(
-                    setting,
-                    path,
-                    format_args!("not a usable CA certificate: {error}"),
-                )
-            })?;
-        }
-    }
-    Ok(pem)
-}
-
-fn read_key(path: &Path) -> Result<Vec<u8>, UpstreamTlsError> {
-    let setting = "UPSTREAM_KEY_FILE";
-    let pem = read(setting, path)?;
-    match PrivateKeyDer::from_pem_slice(&pem) {
-        Ok(_) => Ok(pem),
-        Err(rustls::pki_types::pem::Error::NoItemsFound) => Err(invalid(
-            setting,
-            path,
-            "no unencrypted private key (PKCS#8, PKCS#1 or SEC1 PEM) in it",
-        )),
-        Err(error) => Err(invalid(
-            setting,
-            path,
-            format_args!("not valid PEM: {error}"),
-        )),
-    }
-}
-
-/// An error and its causes, as one line.
-fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut line = error.to_string();
-    let mut source = error.source();
-    while let Some(cause) = source {
-        line.push_str(": ");
-        line.push_str(&cause.to_string());
-        source = cause.source();
-    }
-    line
 }
 
 /// The TLS of `https://` upstreams as the files held when last read. Clones share
@@ -1085,10 +983,32 @@ impl ClientTls {
         reload_every: Duration,
         on_hangup: bool,
     ) -> Result<Self, UpstreamTlsError> {
-        let stamps = files.stamps();
+        let followed = Followed::now(files.paths());
         let (sender, current) = watch::channel(files.client_config()?);
         if !files.paths().is_empty() {
-            tokio::spawn(follow_files(files, stamps, sender, reload_every, on_hangup));
+            tokio::spawn(followed.follow(reload_every, on_hangup, move |cause| {
+                if sender.is_closed() {
+                    return false;
+                }
+                let Some(cause) = cause else {
+                    return true;
+                };
+                match files.client_config() {
+                    Ok(config) => {
+                        sender.send_replace(config);
+                        tracing::info!(
+                            cause,
+                            "upstream tls files reloaded; new connections use them"
+                        );
+                    }
+                    Err(error) => tracing::warn!(
+                        cause,
+                        %error,
+                        "upstream tls reload failed; keeping the previous certificates"
+                    ),
+                }
+                true
+            }));
         }
         Ok(Self { current })
     }
@@ -1096,67 +1016,6 @@ impl ClientTls {
     /// The configuration for a connection to `server_name`, as the files hold now.
     fn for_server(&self, server_name: &str) -> ClientTlsConfig {
         self.current.borrow().clone().domain_name(server_name)
-    }
-}
-
-/// Reads the files again when one changes, or on SIGHUP, until no [`ClientTls`]
-/// is left. A reading that fails keeps the previous configuration, with a
-/// warning, and is tried again once the files change again.
-async fn follow_files(
-    files: TlsFiles,
-    mut stamps: Vec<Option<(SystemTime, u64, u64)>>,
-    sender: watch::Sender<ClientTlsConfig>,
-    reload_every: Duration,
-    on_hangup: bool,
-) {
-    let mut ticks = tokio::time::interval(reload_every);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    #[cfg(unix)]
-    let mut hangups = match on_hangup {
-        false => None,
-        true => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-            .inspect_err(|error| {
-                tracing::warn!(%error, "cannot listen for SIGHUP; upstream tls files are followed by their modification times only");
-            })
-            .ok(),
-    };
-    #[cfg(not(unix))]
-    let _ = on_hangup;
-    loop {
-        #[cfg(unix)]
-        let hangup = async {
-            match hangups.as_mut() {
-                Some(hangups) => hangups.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hangup = std::future::pending::<Option<()>>();
-        let cause = tokio::select! {
-            () = sender.closed() => return,
-            _ = ticks.tick() => "files changed",
-            _ = hangup => "sighup",
-        };
-        let now = files.stamps();
-        if cause == "files changed" && now == stamps {
-            continue;
-        }
-        stamps = now;
-        match files.client_config() {
-            Ok(config) => {
-                sender.send_replace(config);
-                tracing::info!(
-                    cause,
-                    "upstream tls files reloaded; new connections use them"
-                );
-            }
-            Err(error) => tracing::warn!(
-                cause,
-                %error,
-                "upstream tls reload failed; keeping the previous certificates"
-            ),
-        }
     }
 }
 

@@ -178,7 +178,7 @@ impl From<ApiError> for Status {
 }
 
 /// `error: cause: cause`, the whole chain on one line.
-fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+pub(crate) fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let mut text = error.to_string();
     let mut source = error.source();
     while let Some(cause) = source {

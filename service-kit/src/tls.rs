@@ -10,17 +10,12 @@ use std::{
     net::SocketAddr,
     path::{Path, PathBuf},
     pin::Pin,
-    sync::{Arc, Mutex, RwLock, Weak},
+    sync::{Arc, Mutex, PoisonError, RwLock},
     task::{Context, Poll},
-    time::{Duration, SystemTime},
+    time::Duration,
 };
 
-use rustls::{
-    RootCertStore, ServerConfig,
-    crypto::CryptoProvider,
-    pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject},
-    server::WebPkiClientVerifier,
-};
+use rustls::{ServerConfig, crypto::CryptoProvider, server::WebPkiClientVerifier};
 use tokio::{
     io::{AsyncRead, AsyncWrite, ReadBuf},
     net::TcpStream,
@@ -28,6 +23,8 @@ use tokio::{
 };
 use tokio_stream::Stream;
 use tonic::transport::server::{Connected, TcpConnectInfo, TcpIncoming};
+
+use crate::pem_files::{self, Followed, PemFileError};
 
 /// A TLS handshake not done by then is dropped, so a silent client holds nothing
 /// but its own socket.
@@ -124,18 +121,8 @@ pub enum TlsError {
     CertificateWithoutKey,
     #[error("TLS_CLIENT_CA_FILE needs TLS_CERT_FILE and TLS_KEY_FILE: mutual TLS is TLS first")]
     ClientCaWithoutCertificate,
-    #[error("cannot read {setting} {}: {source}", path.display())]
-    Read {
-        setting: &'static str,
-        path: PathBuf,
-        source: io::Error,
-    },
-    #[error("{setting} {}: {problem}", path.display())]
-    Invalid {
-        setting: &'static str,
-        path: PathBuf,
-        problem: String,
-    },
+    #[error(transparent)]
+    File(#[from] PemFileError),
 }
 
 /// Accepts TLS connections with the certificate the files held when last read.
@@ -149,11 +136,10 @@ struct Shared {
     files: TlsFiles,
     /// What new connections get; connections in flight keep the one they began with.
     current: RwLock<Arc<ServerConfig>>,
-    /// The files' modification times and sizes when last read.
-    stamps: Mutex<Vec<Stamp>>,
+    /// The files as they were when first read, until [`TlsAcceptor::watch`]
+    /// follows them from there.
+    followed: Mutex<Option<Followed>>,
 }
-
-type Stamp = Option<(SystemTime, u64)>;
 
 impl fmt::Debug for TlsAcceptor {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -166,13 +152,13 @@ impl fmt::Debug for TlsAcceptor {
 impl TlsAcceptor {
     /// Reads the files once; see [`TlsAcceptor::watch`] to follow them.
     pub fn load(files: TlsFiles) -> Result<Self, TlsError> {
-        let stamps = stamps(&files);
+        let followed = Followed::now(files.paths());
         let config = server_config(&files)?;
         Ok(Self {
             shared: Arc::new(Shared {
                 files,
                 current: RwLock::new(config),
-                stamps: Mutex::new(stamps),
+                followed: Mutex::new(Some(followed)),
             }),
         })
     }
@@ -181,14 +167,40 @@ impl TlsAcceptor {
     /// `interval`) and on SIGHUP, for as long as a clone of this acceptor lives.
     /// A reading that fails keeps the previous configuration and logs a warning.
     pub fn watch(&self, interval: Duration) {
+        let Some(followed) = self
+            .shared
+            .followed
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take()
+        else {
+            return;
+        };
         let shared = Arc::downgrade(&self.shared);
-        tokio::spawn(follow(shared, interval));
+        tokio::spawn(followed.follow(interval, true, move |cause| {
+            let Some(shared) = shared.upgrade() else {
+                return false;
+            };
+            let Some(cause) = cause else {
+                return true;
+            };
+            let acceptor = TlsAcceptor { shared };
+            match acceptor.reload() {
+                Ok(()) => tracing::info!(
+                    cause,
+                    mutual = acceptor.is_mutual(),
+                    "tls certificate reloaded"
+                ),
+                Err(error) => {
+                    tracing::warn!(cause, %error, "tls reload failed; keeping the previous certificate")
+                }
+            }
+            true
+        }));
     }
 
     /// Reads the files now; on failure, the previous configuration stays.
     pub fn reload(&self) -> Result<(), TlsError> {
-        let stamps = stamps(&self.shared.files);
-        *self.shared.stamps.lock().expect("the stamps are readable") = stamps;
         let config = server_config(&self.shared.files)?;
         *self.shared.current.write().expect("the config is writable") = config;
         Ok(())
@@ -206,10 +218,6 @@ impl TlsAcceptor {
     /// Whether clients must present a certificate.
     pub fn is_mutual(&self) -> bool {
         self.shared.files.client_ca.is_some()
-    }
-
-    fn changed(&self) -> bool {
-        stamps(&self.shared.files) != *self.shared.stamps.lock().expect("the stamps are readable")
     }
 
     /// The TLS handshake on `tcp`, within [`HANDSHAKE_TIMEOUT`]; `None`, logged at
@@ -244,63 +252,6 @@ pub fn transport(tls: Option<&TlsAcceptor>) -> &'static str {
     }
 }
 
-async fn follow(shared: Weak<Shared>, interval: Duration) {
-    let mut ticks = tokio::time::interval(interval);
-    ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    ticks.tick().await;
-    #[cfg(unix)]
-    let mut hangups = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup()) {
-        Ok(hangups) => Some(hangups),
-        Err(error) => {
-            tracing::warn!(%error, "cannot listen for SIGHUP; tls files are followed by their modification times only");
-            None
-        }
-    };
-    loop {
-        #[cfg(unix)]
-        let hangup = async {
-            match hangups.as_mut() {
-                Some(hangups) => hangups.recv().await,
-                None => std::future::pending().await,
-            }
-        };
-        #[cfg(not(unix))]
-        let hangup = std::future::pending::<Option<()>>();
-        let signalled = tokio::select! {
-            _ = ticks.tick() => false,
-            _ = hangup => true,
-        };
-        let Some(shared) = shared.upgrade() else {
-            return;
-        };
-        let acceptor = TlsAcceptor { shared };
-        if !signalled && !acceptor.changed() {
-            continue;
-        }
-        let cause = if signalled { "sighup" } else { "files changed" };
-        match acceptor.reload() {
-            Ok(()) => tracing::info!(
-                cause,
-                mutual = acceptor.is_mutual(),
-                "tls certificate reloaded"
-            ),
-            Err(error) => {
-                tracing::warn!(cause, %error, "tls reload failed; keeping the previous certificate")
-            }
-        }
-    }
-}
-
-fn stamps(files: &TlsFiles) -> Vec<Stamp> {
-    files
-        .paths()
-        .map(|path| {
-            let metadata = std::fs::metadata(path).ok()?;
-            Some((metadata.modified().ok()?, metadata.len()))
-        })
-        .collect()
-}
-
 fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
@@ -308,8 +259,8 @@ fn provider() -> Arc<CryptoProvider> {
 /// A server configuration from the files: TLS 1.2 and 1.3, ALPN `h2` and
 /// `http/1.1` (the gateway serves gRPC-Web and JSON over HTTP/1.1 too).
 fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
-    let chain = read_certificates("TLS_CERT_FILE", &files.cert)?;
-    let key = read_key(&files.key)?;
+    let chain = pem_files::certificates("TLS_CERT_FILE", &files.cert)?.parsed;
+    let key = pem_files::private_key("TLS_KEY_FILE", &files.key)?.parsed;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()
         .expect("ring supports the default protocol versions");
@@ -317,84 +268,28 @@ fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsError> {
         None => builder.with_no_client_auth(),
         Some(path) => builder.with_client_cert_verifier(client_verifier(path)?),
     };
-    let mut config = builder
-        .with_single_cert(chain, key)
-        .map_err(|error| TlsError::Invalid {
-            setting: "TLS_KEY_FILE",
-            path: files.key.clone(),
-            problem: format!(
+    let mut config = builder.with_single_cert(chain, key).map_err(|error| {
+        pem_files::invalid(
+            "TLS_KEY_FILE",
+            &files.key,
+            format_args!(
                 "cannot be used with the certificate in {}: {error}",
                 files.cert.display()
             ),
-        })?;
+        )
+    })?;
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
-}
-
-fn read(setting: &'static str, path: &Path) -> Result<Vec<u8>, TlsError> {
-    std::fs::read(path).map_err(|source| TlsError::Read {
-        setting,
-        path: path.to_owned(),
-        source,
-    })
-}
-
-fn invalid(setting: &'static str, path: &Path, problem: impl fmt::Display) -> TlsError {
-    TlsError::Invalid {
-        setting,
-        path: path.to_owned(),
-        problem: problem.to_string(),
-    }
-}
-
-fn read_certificates(
-    setting: &'static str,
-    path: &Path,
-) -> Result<Vec<CertificateDer<'static>>, TlsError> {
-    let pem = read(setting, path)?;
-    let certificates = CertificateDer::pem_slice_iter(&pem)
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(|error| invalid(setting, path, format_args!("not valid PEM: {error}")))?;
-    if certificates.is_empty() {
-        return Err(invalid(
-            setting,
-            path,
-            "no PEM certificate (BEGIN CERTIFICATE) in it",
-        ));
-    }
-    Ok(certificates)
-}
-
-fn read_key(path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
-    let setting = "TLS_KEY_FILE";
-    let pem = read(setting, path)?;
-    PrivateKeyDer::from_pem_slice(&pem).map_err(|error| match error {
-        rustls::pki_types::pem::Error::NoItemsFound => invalid(
-            setting,
-            path,
-            "no unencrypted private key (PKCS#8, PKCS#1 or SEC1 PEM) in it",
-        ),
-        error => invalid(setting, path, format_args!("not valid PEM: {error}")),
-    })
 }
 
 fn client_verifier(
     path: &Path,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
     let setting = "TLS_CLIENT_CA_FILE";
-    let mut roots = RootCertStore::empty();
-    for certificate in read_certificates(setting, path)? {
-        roots.add(certificate).map_err(|error| {
-            invalid(
-                setting,
-                path,
-                format_args!("not a usable CA certificate: {error}"),
-            )
-        })?;
-    }
+    let roots = pem_files::roots(setting, path)?.parsed;
     WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
         .build()
-        .map_err(|error| invalid(setting, path, error))
+        .map_err(|error| pem_files::invalid(setting, path, error).into())
 }
 
 /// One accepted connection, plaintext or TLS. Its connect info is the TCP
@@ -719,13 +614,8 @@ mod tests {
         let before = tls.config();
 
         std::fs::write(&key, "garbage").expect("break the key");
-        assert!(tls.changed(), "a rewritten file counts as changed");
         assert!(tls.reload().is_err());
         assert!(Arc::ptr_eq(&before, &tls.config()), "the old config stays");
-        assert!(
-            !tls.changed(),
-            "a failed reading is not retried until the files change again"
-        );
 
         let (cert_pem, key_pem) = self_signed();
         std::fs::write(&cert, cert_pem).expect("a new certificate");
