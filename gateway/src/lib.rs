@@ -217,11 +217,23 @@ impl Serve for Gateway {
     fn announce(&self, name: &str) {
         let transport = tls::transport(self.tls.as_ref());
         let scheme = if self.tls.is_some() { "https" } else { "http" };
-        let listeners = format!(
+        let mut listeners = format!(
             "grpc {} {transport}, http {} {transport}",
             self.grpc_addr(),
             self.http_addr()
         );
+        // The services it runs itself listen too: on loopback, in plaintext
+        // (the gateway calls them in-process).
+        if let Some(embedded) = &self.embedded {
+            for (service, url) in [
+                ("auth-service", &embedded.urls.auth),
+                ("posts-service", &embedded.urls.posts),
+                ("votes-service", &embedded.urls.votes),
+            ] {
+                let address = url.trim_start_matches("http://");
+                listeners += &format!(", {service} {address} plaintext");
+            }
+        }
         tracing::info!(
             listeners = listeners.as_str(),
             http = %format!("{scheme}://{}", self.http_addr()),
