@@ -36,11 +36,15 @@ pub use users::purge_expired_request_ids;
 /// to the signing keys and exits.
 pub async fn main() -> std::process::ExitCode {
     use clap::Parser as _;
+    if let Err(error) = service_kit::service::load_env_file() {
+        eprintln!("auth-service: {error}");
+        return std::process::ExitCode::FAILURE;
+    }
     let config = Config::parse();
     match &config.command {
         None => service_kit::service::run(config).await,
         Some(command) => {
-            service_kit::telemetry::init(config.common.log_format);
+            service_kit::telemetry::init(<Config as ServiceConfig>::NAME, config.common.log_format);
             key_commands::run(&config, command).await
         }
     }

@@ -14,7 +14,6 @@ use std::{
 
 use access_token::{PublicMethods, RequireTokenLayer, TokenVerifier};
 use agora_proto::{RPCS, Rpc, errors::ErrorReason};
-use http::{HeaderName, HeaderValue};
 use prost_types::FileDescriptorSet;
 use service_kit::hop::Hop;
 use service_kit::retry::jitter;
@@ -26,7 +25,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tonic::{Status, service::Routes, transport::server::TcpConnectInfo};
 use tower::{Service, ServiceExt, limit::GlobalConcurrencyLimitLayer};
-use tower_http::cors::{AllowOrigin, CorsLayer};
 
 use crate::{
     clients::{Clients, forward_client, registration_refused},
@@ -81,6 +79,16 @@ pub struct Edge {
     pub clients: Clients,
     /// Plaintext when `None`.
     pub tls: Option<TlsAcceptor>,
+    /// The statuses `grpc.health.v1` serves, shared with the facade's `/readyz`.
+    pub health: tonic_health::server::HealthReporter,
+}
+
+/// The names `grpc.health.v1` answers for: `""`, the gateway itself, and each
+/// public service.
+pub(crate) fn health_names() -> Vec<&'static str> {
+    std::iter::once("")
+        .chain(public_services().into_iter().map(|(name, _)| name))
+        .collect()
 }
 
 impl Edge {
@@ -89,7 +97,10 @@ impl Edge {
         listener: TcpListener,
         shutdown: impl Future<Output = ()> + Send,
     ) -> Result<(), tonic::transport::Error> {
-        let (reporter, health_service) = tonic_health::server::health_reporter();
+        let reporter = self.health.clone();
+        let health_service = tonic_health::pb::health_server::HealthServer::new(
+            tonic_health::server::HealthService::from_health_reporter(reporter.clone()),
+        );
         // "" is the gateway itself; each public service follows its upstream.
         let mut followers = Vec::new();
         let services = public_services();
@@ -139,7 +150,7 @@ impl Edge {
         let public = PublicMethods::tokenless(public_rpcs());
         let result = configured_server(&self.limits)
             .accept_http1(true)
-            .layer(cors(&self.cors_allowed_origins))
+            .layer(crate::http::cors::grpc_web(&self.cors_allowed_origins))
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(RpcLogLayer::edge(self.limits.request_timeout()))
             .layer(GlobalConcurrencyLimitLayer::new(
@@ -190,36 +201,6 @@ fn public_descriptors() -> FileDescriptorSet {
         file.service.retain(|service| !service.method.is_empty());
     }
     set
-}
-
-/// Browsers may call from the allowed origins, and read the gRPC status.
-fn cors(allowed_origins: &[String]) -> CorsLayer {
-    let origins = if allowed_origins.iter().any(|origin| origin == "*") {
-        AllowOrigin::any()
-    } else {
-        AllowOrigin::list(
-            allowed_origins
-                .iter()
-                .filter_map(|origin| HeaderValue::from_str(origin).ok()),
-        )
-    };
-    let header = HeaderName::from_static;
-    CorsLayer::new()
-        .allow_origin(origins)
-        .allow_methods([http::Method::POST, http::Method::OPTIONS])
-        .allow_headers([
-            header("authorization"),
-            header("content-type"),
-            header("grpc-timeout"),
-            header("x-grpc-web"),
-            header("x-user-agent"),
-        ])
-        .expose_headers([
-            header("grpc-status"),
-            header("grpc-message"),
-            header("grpc-status-details-bin"),
-        ])
-        .max_age(Duration::from_secs(24 * 60 * 60))
 }
 
 /// Whether `rpc` registers a user, which is limited per client address.

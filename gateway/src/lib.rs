@@ -33,7 +33,8 @@ use upstreams::{UpstreamError, Upstreams};
 /// Why the gateway could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartupError {
-    #[error("{0}; set DATABASE_URL (or --database-url) to use another PostgreSQL")]
+    /// Says itself what to set when the server is elsewhere.
+    #[error(transparent)]
     Database(#[from] DatabaseError),
     #[error(transparent)]
     Embedded(#[from] EmbeddedError),
@@ -56,8 +57,12 @@ pub enum StartupError {
 /// serves until a shutdown signal (or answers `--health-check`).
 pub async fn main() -> std::process::ExitCode {
     use clap::Parser as _;
+    if let Err(error) = service_kit::service::load_env_file() {
+        eprintln!("gateway: {error}");
+        return std::process::ExitCode::FAILURE;
+    }
     let config = Config::parse();
-    service_kit::telemetry::init(config.common.log_format);
+    service_kit::telemetry::init("gateway", config.common.log_format);
     service_kit::serve_or_check(
         "gateway",
         config.grpc_listen,
@@ -114,6 +119,9 @@ pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
         config.trusted_proxies.clone(),
         config.registrations_per_address_per_hour,
     );
+    // "" SERVING from the start; the edge follows the upstreams into it, and the
+    // facade's /readyz reads it.
+    let health = tonic_health::server::HealthReporter::new();
     let bind = |address: SocketAddr| async move {
         TcpListener::bind(address)
             .await
@@ -127,6 +135,8 @@ pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
             verifier.clone(),
             config.http_show_emails,
             clients.clone(),
+            &config.cors_allowed_origins,
+            health.clone(),
         ),
         edge: edge::Edge {
             clients,
@@ -135,6 +145,7 @@ pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
             limits: config.common.limits.clone(),
             cors_allowed_origins: config.cors_allowed_origins.clone(),
             tls: tls.clone(),
+            health,
         },
         embedded,
         tls,

@@ -2,8 +2,10 @@
 //! by real clients: grpcurl, buf curl, curl, a Python client generated from
 //! `proto/`, and gRPC-Web over HTTP/1.1.
 //!
-//! Needs the tools the README lists, and ports 50051 and 8080 free (the README's
-//! examples name them). Run with `cargo test --workspace`, which builds every binary.
+//! Needs the tools the README lists. The README's examples name ports 50051 and
+//! 8080; they run here against a gateway on free ports, with the ports rewritten,
+//! so a gateway of one's own may keep running. Run with `cargo test --workspace`,
+//! which builds every binary.
 
 use std::time::Duration;
 
@@ -19,8 +21,8 @@ use prost::Message;
 use system_tests::{
     assert_reason, bearer,
     process::{
-        Process, Running, ScratchDatabase, Topology, free_port, readme_example, require_tools, run,
-        run_script, terminate_all,
+        Env, Running, ScratchDatabase, Topology, all_in_one_gateway, free_port, on_ports,
+        readme_example, require_tools, run, run_script, terminate_all,
     },
 };
 use tonic::transport::Channel;
@@ -64,9 +66,10 @@ async fn login_at(edge: &Channel, email: &str) -> String {
 async fn all_in_one_serves_the_readme_examples_and_every_kind_of_client() {
     require_tools(TOOLS);
     let database = ScratchDatabase::new();
-    let gateway = Process::start("gateway", &[("DATABASE_URL", database.url.clone())]).await;
+    let (gateway, grpc_port, http_port) = all_in_one_gateway(&database.url, Env::new()).await;
+    let example = |name: &str| on_ports(&readme_example(name), grpc_port, http_port);
 
-    let grpc = run_script(&readme_example("grpc")).await;
+    let grpc = run_script(&example("grpc")).await;
     assert_contains_all(
         &grpc,
         &[
@@ -86,7 +89,7 @@ async fn all_in_one_serves_the_readme_examples_and_every_kind_of_client() {
         1,
         "only CreateUser shows an email; a post's owner never does:\n{grpc}"
     );
-    let http = run_script(&readme_example("http")).await;
+    let http = run_script(&example("http")).await;
     assert_contains_all(
         &http,
         &[
@@ -97,7 +100,7 @@ async fn all_in_one_serves_the_readme_examples_and_every_kind_of_client() {
         ],
         "the README's curl session",
     );
-    let buf = run_script(&readme_example("buf")).await;
+    let buf = run_script(&example("buf")).await;
     assert_contains_all(
         &buf,
         &["\"email\": \"bob@example.com\""],
@@ -105,10 +108,10 @@ async fn all_in_one_serves_the_readme_examples_and_every_kind_of_client() {
     );
 
     // Only the public API is visible at the edge.
-    let described = run_script(
-        "grpcurl -plaintext localhost:50051 describe agora.auth.v1.AuthService
-         grpcurl -plaintext localhost:50051 describe agora.auth.v1.UserService",
-    )
+    let described = run_script(&format!(
+        "grpcurl -plaintext localhost:{grpc_port} describe agora.auth.v1.AuthService
+         grpcurl -plaintext localhost:{grpc_port} describe agora.auth.v1.UserService",
+    ))
     .await;
     assert_contains_all(
         &described,
@@ -121,7 +124,9 @@ async fn all_in_one_serves_the_readme_examples_and_every_kind_of_client() {
             "{internal} is internal:\n{described}"
         );
     }
-    let channel = Channel::from_static("http://127.0.0.1:50051").connect_lazy();
+    let channel = Channel::from_shared(format!("http://127.0.0.1:{grpc_port}"))
+        .expect("a valid URL")
+        .connect_lazy();
     let token = login_at(&channel, "alice@example.com").await;
     let internal = UserServiceClient::new(channel.clone())
         .batch_get_users(bearer(
@@ -139,7 +144,11 @@ async fn all_in_one_serves_the_readme_examples_and_every_kind_of_client() {
         "internal RPCs are not served at the edge",
     );
 
-    let python = run_script(&format!("python3 {} 127.0.0.1:50051", python_client())).await;
+    let python = run_script(&format!(
+        "python3 {} 127.0.0.1:{grpc_port}",
+        python_client()
+    ))
+    .await;
     assert!(
         python.contains(" passed, 0 failed"),
         "the generated Python client:\n{python}"
@@ -147,7 +156,8 @@ async fn all_in_one_serves_the_readme_examples_and_every_kind_of_client() {
 
     // A browser: CORS preflight, then a gRPC-Web call over HTTP/1.1.
     let http = reqwest::Client::new();
-    let url = "http://127.0.0.1:50051/agora.auth.v1.UserService/CreateUser";
+    let url = format!("http://127.0.0.1:{grpc_port}/agora.auth.v1.UserService/CreateUser");
+    let url = url.as_str();
     let preflight = http
         .request(reqwest::Method::OPTIONS, url)
         .header("origin", "https://app.example")

@@ -4,8 +4,8 @@
 //! files, and on SIGHUP) while a connection opened before keeps working, and a
 //! service with mutual TLS refusing callers without the right certificate.
 //!
-//! Needs grpcurl, curl and openssl, and ports 50051 and 8080 free (the README's
-//! examples name them).
+//! Needs grpcurl, curl and openssl. The README's session runs on free ports,
+//! put in place of the README's 50051 and 8080.
 
 use std::{
     path::{Path, PathBuf},
@@ -25,7 +25,7 @@ use rustls::{
     pki_types::{CertificateDer, ServerName, pem::PemObject},
 };
 use system_tests::process::{
-    Process, ScratchDatabase, free_port, readme_example, require_tools, run, run_script,
+    Process, ScratchDatabase, free_port, on_ports, readme_example, require_tools, run, run_script,
     terminate_all,
 };
 use tokio::net::TcpStream;
@@ -219,7 +219,10 @@ async fn a_tls_gateway_serves_the_readme_session_grpc_web_and_mutual_tls() {
     tools_on_path();
     let database = ScratchDatabase::new();
     let dir = Dir::new();
-    run_script(&script_in(&dir.0, &readme_example("tls-certs"))).await;
+    // The README's session, on free ports rather than its 50051 and 8080.
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let here = |script: &str| script_in(&dir.0, &on_ports(script, grpc_port, http_port));
+    run_script(&here(&readme_example("tls-certs"))).await;
     let files = [
         ("TLS_CERT_FILE", dir.path("cert.pem")),
         ("TLS_KEY_FILE", dir.path("key.pem")),
@@ -229,11 +232,13 @@ async fn a_tls_gateway_serves_the_readme_session_grpc_web_and_mutual_tls() {
         // For the client addresses below.
         ("TRUSTED_PROXIES", "127.0.0.1,::1".to_owned()),
         ("REGISTRATIONS_PER_ADDRESS_PER_HOUR", "1".to_owned()),
+        ("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
+        ("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
     ];
     env.extend(files.clone());
     let gateway = Process::start("gateway", &env).await;
 
-    let calls = run_script(&script_in(&dir.0, &readme_example("tls-calls"))).await;
+    let calls = run_script(&here(&readme_example("tls-calls"))).await;
     for expected in [
         "agora.posts.v1.PostService",
         "grpc.health.v1.Health",
@@ -245,8 +250,7 @@ async fn a_tls_gateway_serves_the_readme_session_grpc_web_and_mutual_tls() {
         );
     }
     // gRPC-Web over HTTP/1.1 and TLS: an empty health check, answered SERVING.
-    let web = run_script(&script_in(
-        &dir.0,
+    let web = run_script(&here(
         "printf '\\0\\0\\0\\0\\0' | curl -s --http1.1 --cacert ca.pem --data-binary @- \
            -H 'content-type: application/grpc-web+proto' -H 'x-grpc-web: 1' \
            https://localhost:50051/grpc.health.v1.Health/Check | tr -c '[:print:]' '.'",
@@ -256,9 +260,9 @@ async fn a_tls_gateway_serves_the_readme_session_grpc_web_and_mutual_tls() {
         web.contains("grpc-status:0"),
         "a gRPC-Web answer over TLS: {web}"
     );
-    let plaintext = run_script(
+    let plaintext = run_script(&here(
         "grpcurl -plaintext -max-time 2 localhost:50051 list >/dev/null 2>&1 && echo answered || echo refused",
-    )
+    ))
     .await;
     assert_eq!(
         plaintext.trim(),
@@ -269,8 +273,7 @@ async fn a_tls_gateway_serves_the_readme_session_grpc_web_and_mutual_tls() {
     // Both ports still know the peer over TLS: from a trusted proxy, each
     // forwarded address has a registration of its own (without the peer, they
     // would all share one count).
-    let registrations = run_script(&script_in(
-        &dir.0,
+    let registrations = run_script(&here(
         r#"register_grpc() {
              grpcurl -cacert ca.pem -H "x-forwarded-for: $1" -d "{\"email\": \"$2@example.com\", \"password\": \"correct horse battery\"}" \
                localhost:50051 agora.auth.v1.UserService/CreateUser >/dev/null 2>&1 && echo ok || echo refused
@@ -294,13 +297,12 @@ async fn a_tls_gateway_serves_the_readme_session_grpc_web_and_mutual_tls() {
     // caller without one does not.
     env.push(("TLS_CLIENT_CA_FILE", dir.path("ca.pem")));
     let gateway = Process::start("gateway", &env).await;
-    let mutual = run_script(&script_in(&dir.0, &readme_example("tls-mutual"))).await;
+    let mutual = run_script(&here(&readme_example("tls-mutual"))).await;
     assert!(
         mutual.contains("agora.auth.v1.AuthService"),
         "with a client certificate:\n{mutual}"
     );
-    let without = run_script(&script_in(
-        &dir.0,
+    let without = run_script(&here(
         "grpcurl -cacert ca.pem -max-time 5 localhost:50051 list >/dev/null 2>&1 && echo answered || echo refused
          curl -s --cacert ca.pem https://localhost:8080/posts >/dev/null && echo answered || echo refused",
     ))

@@ -4,9 +4,13 @@
 //! CANCELLED and DEADLINE_EXCEEDED, so that an operator is never paged for an
 //! INTERNAL error that was only a client leaving.
 //!
-//! The edge logs every call (the access log); a service behind it logs its
-//! successes at debug only, since the edge already has them, and its failures at
-//! info.
+//! The edge logs every call at info: that is the access log, one line per call.
+//! A service behind it logs a call at info only when the fault is its own
+//! (UNKNOWN, DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS), since that line
+//! says which process failed; the rest (successes, and the caller's mistakes,
+//! which the edge's line already shows) at debug, so that one call is not two
+//! lines at info. Health checks and reflection are housekeeping (a container
+//! healthcheck every few seconds, grpcurl's `list`): at debug everywhere.
 
 use std::{
     future::Future,
@@ -24,30 +28,38 @@ use crate::deadline::Deadline;
 const CANCELLED: &str = "1";
 const DEADLINE_EXCEEDED: &str = "4";
 
+/// gRPC status codes that say the server failed, not the caller: UNKNOWN,
+/// DEADLINE_EXCEEDED, INTERNAL, UNAVAILABLE, DATA_LOSS.
+const SERVER_FAULTS: [&str; 5] = ["2", DEADLINE_EXCEEDED, "13", "14", "15"];
+
+/// Services whose calls are housekeeping, not traffic: health and reflection.
+const HOUSEKEEPING: [&str; 2] = ["/grpc.health.v1.", "/grpc.reflection."];
+
 /// Wraps a server's routes in [`RpcLog`].
 #[derive(Debug, Clone, Copy)]
 pub struct RpcLogLayer {
     /// The server's own limit on every call, which ends a call as its deadline
     /// would.
     request_timeout: Duration,
-    /// Whether a success is logged at info (the edge) or at debug (a hop).
-    successes_at_info: bool,
+    /// Whether every call is logged at info (the edge) or only server faults (a
+    /// hop).
+    edge: bool,
 }
 
 impl RpcLogLayer {
-    /// For the edge: every call at info.
+    /// For the edge: every call at info, but housekeeping.
     pub fn edge(request_timeout: Duration) -> Self {
         Self {
             request_timeout,
-            successes_at_info: true,
+            edge: true,
         }
     }
 
-    /// For a service behind the edge: successes at debug, the rest at info.
+    /// For a service behind the edge: its own faults at info, the rest at debug.
     pub fn hop(request_timeout: Duration) -> Self {
         Self {
             request_timeout,
-            successes_at_info: false,
+            edge: false,
         }
     }
 }
@@ -84,7 +96,9 @@ where
     }
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
-        let span = tracing::info_span!("rpc", method = %request.uri().path());
+        let path = request.uri().path();
+        let housekeeping = HOUSEKEEPING.iter().any(|prefix| path.starts_with(prefix));
+        let span = tracing::info_span!("rpc", method = %path);
         let timeout = request
             .headers()
             .get("grpc-timeout")
@@ -94,7 +108,8 @@ where
             span: span.clone(),
             started: Instant::now(),
             deadline,
-            successes_at_info: self.layer.successes_at_info,
+            edge: self.layer.edge && !housekeeping,
+            housekeeping,
             logged: false,
         };
         let future = span.in_scope(|| self.inner.call(request));
@@ -124,7 +139,10 @@ struct Ending {
     span: Span,
     started: Instant,
     deadline: Deadline,
-    successes_at_info: bool,
+    /// Every ending at info.
+    edge: bool,
+    /// Health or reflection: every ending at debug.
+    housekeeping: bool,
     logged: bool,
 }
 
@@ -132,12 +150,12 @@ impl Ending {
     fn log(&mut self, code: &str, why: Option<&str>) {
         self.logged = true;
         let latency_ms = self.started.elapsed().as_millis() as u64;
-        self.span.in_scope(|| match why {
-            Some(why) => tracing::info!(code, latency_ms, why, "rpc finished"),
-            None if code == "0" && !self.successes_at_info => {
-                tracing::debug!(code, latency_ms, "rpc finished")
-            }
-            None => tracing::info!(code, latency_ms, "rpc finished"),
+        let at_info = !self.housekeeping && (self.edge || SERVER_FAULTS.contains(&code));
+        self.span.in_scope(|| match (at_info, why) {
+            (true, Some(why)) => tracing::info!(code, latency_ms, why, "rpc finished"),
+            (true, None) => tracing::info!(code, latency_ms, "rpc finished"),
+            (false, Some(why)) => tracing::debug!(code, latency_ms, why, "rpc finished"),
+            (false, None) => tracing::debug!(code, latency_ms, "rpc finished"),
         });
     }
 }

@@ -13,7 +13,7 @@ pub const PROBE_TIMEOUT: Duration = Duration::from_secs(2);
 /// Reports `service_names` SERVING while `probe` answers true in time, and
 /// NOT_SERVING otherwise.
 pub struct HealthFollower<P> {
-    /// The dependency, for the log line when it goes down.
+    /// The dependency, for the log lines when it goes down and comes back.
     dependency: &'static str,
     reporter: HealthReporter,
     service_names: Vec<&'static str>,
@@ -65,11 +65,18 @@ where
         if self.last == Some(status) {
             return;
         }
-        if status == ServingStatus::NotServing {
-            tracing::warn!(
+        // State changes only: down, and up again after being down. The first
+        // answer, when it is SERVING, is no news.
+        match (self.last, status) {
+            (_, ServingStatus::NotServing) => tracing::warn!(
                 dependency = self.dependency,
                 "dependency unreachable; health is NOT_SERVING"
-            );
+            ),
+            (Some(ServingStatus::NotServing), ServingStatus::Serving) => tracing::info!(
+                dependency = self.dependency,
+                "dependency reachable again; health is SERVING"
+            ),
+            _ => tracing::debug!(dependency = self.dependency, "dependency reachable"),
         }
         for name in &self.service_names {
             self.reporter.set_service_status(*name, status).await;

@@ -66,12 +66,60 @@ pub async fn build_with_pool<C: ServiceConfig>(
 /// A service binary's whole `main`: read the configuration, set up logging, then
 /// serve until a shutdown signal (or check health, with `--health-check`).
 pub async fn main<C: ServiceConfig>() -> ExitCode {
+    if let Err(error) = load_env_file() {
+        eprintln!("{}: {error}", C::NAME);
+        return ExitCode::FAILURE;
+    }
     run(C::parse()).await
+}
+
+/// The file of settings every binary reads at start-up, from its working directory.
+pub const ENV_FILE: &str = ".env";
+
+/// Why [`ENV_FILE`] could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum EnvFileError {
+    #[error("cannot read {ENV_FILE}: {0}")]
+    Unreadable(std::io::Error),
+    #[error("{ENV_FILE} line {number} is not `NAME=value`: {line}")]
+    Malformed { number: usize, line: String },
+}
+
+/// Sets the variables of `.env` in the working directory (if there is one) that
+/// the environment does not already set: the real environment wins, as dotenv
+/// users expect. A missing file is no error. Call first thing in `main`, before
+/// the settings are parsed and before any other thread reads the environment.
+pub fn load_env_file() -> Result<(), EnvFileError> {
+    let text = match std::fs::read_to_string(ENV_FILE) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => return Err(EnvFileError::Unreadable(error)),
+    };
+    match dotenvy::from_read(text.as_bytes()) {
+        Ok(()) => Ok(()),
+        Err(dotenvy::Error::LineParse(line, _)) => {
+            // dotenvy names the line by its text; a person wants its number. A
+            // value continued over several lines is reported by its first.
+            let first = line.lines().next().unwrap_or_default().trim_end();
+            let number = text
+                .lines()
+                .position(|candidate| candidate.trim_end() == first)
+                .map_or(0, |index| index + 1);
+            Err(EnvFileError::Malformed {
+                number,
+                line: first.to_owned(),
+            })
+        }
+        Err(dotenvy::Error::Io(error)) => Err(EnvFileError::Unreadable(error)),
+        Err(other) => Err(EnvFileError::Unreadable(std::io::Error::other(
+            other.to_string(),
+        ))),
+    }
 }
 
 /// [`main`] with a configuration already read.
 pub async fn run<C: ServiceConfig>(config: C) -> ExitCode {
     let (listen, common) = config.server();
-    crate::telemetry::init(common.log_format);
+    crate::telemetry::init(C::NAME, common.log_format);
     crate::serve_or_check(C::NAME, listen, common, build(&config)).await
 }

@@ -119,6 +119,22 @@ impl Process {
         Self::start_with(name, &env, true).await
     }
 
+    /// [`Process::start`], keeping every line the binary logs at the default
+    /// level (info), as a person running it reads them.
+    pub async fn start_keeping_default_log(name: &str, env: &[(&str, String)]) -> Self {
+        Self::start_with(name, env, true).await
+    }
+
+    /// Every line logged so far.
+    pub fn log_lines(&self) -> Vec<String> {
+        self.log
+            .as_ref()
+            .expect("started keeping its log")
+            .lock()
+            .expect("the log is readable")
+            .clone()
+    }
+
     /// How many lines logged so far contain every one of `needles`.
     pub fn log_lines_containing(&self, needles: &[&str]) -> usize {
         let log = self
@@ -133,6 +149,9 @@ impl Process {
     }
 
     async fn start_with(name: &str, env: &[(&str, String)], keep_log: bool) -> Self {
+        if name == "gateway" {
+            require_free_default_ports(env);
+        }
         let log = keep_log.then(Arc::default);
         let keep = |line: &str, log: &Option<Arc<Mutex<Vec<String>>>>| {
             if let Some(log) = log {
@@ -389,18 +408,81 @@ fn command(name: &str, env: &[(&str, String)]) -> Command {
     command
 }
 
+/// The ports the README's examples name: the gateway's defaults.
+pub const README_GRPC_PORT: u16 = 50051;
+pub const README_HTTP_PORT: u16 = 8080;
+
+/// A gateway started without its addresses takes the README's fixed ports; when
+/// one is taken (a gateway of one's own, started as the README says), the test
+/// says so instead of failing later with "exited before listening".
+fn require_free_default_ports(env: &[(&str, String)]) {
+    for (variable, port) in [
+        ("GATEWAY_GRPC_ADDR", README_GRPC_PORT),
+        ("GATEWAY_HTTP_ADDR", README_HTTP_PORT),
+    ] {
+        if env.iter().any(|(name, _)| *name == variable) {
+            continue;
+        }
+        assert!(
+            std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+            "port {port} is in use: stop the gateway you are running \
+             (this test serves the README's examples on their fixed ports)"
+        );
+    }
+}
+
+/// `script` (a README example) with the README's ports replaced by these, so that
+/// it runs against a gateway on free ports.
+pub fn on_ports(script: &str, grpc_port: u16, http_port: u16) -> String {
+    script
+        .replace(&format!(":{README_GRPC_PORT}"), &format!(":{grpc_port}"))
+        .replace(&format!(":{README_HTTP_PORT}"), &format!(":{http_port}"))
+}
+
+/// The all-in-one gateway on free ports over `database_url`, with `env` besides;
+/// its gRPC and HTTP ports.
+pub async fn all_in_one_gateway(database_url: &str, env: Env) -> (Process, u16, u16) {
+    let (grpc_port, http_port) = (free_port(), free_port());
+    let mut all = vec![
+        ("DATABASE_URL", database_url.to_owned()),
+        ("GATEWAY_GRPC_ADDR", format!("127.0.0.1:{grpc_port}")),
+        ("GATEWAY_HTTP_ADDR", format!("127.0.0.1:{http_port}")),
+    ];
+    all.extend(env);
+    (Process::start("gateway", &all).await, grpc_port, http_port)
+}
+
 /// A free loopback port, for a binary that must be told where to listen.
+///
+/// Picked at random below Linux's ephemeral range (32768 and up), not by binding
+/// port 0: a port from that range, free a moment ago, can be taken as the local
+/// port of any outgoing connection (to PostgreSQL, say) before the binary binds
+/// it, and tests start many binaries and connections at once.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .expect("bind a free port")
-        .local_addr()
-        .expect("an address")
-        .port()
+    use std::hash::{BuildHasher, Hasher};
+    loop {
+        // Each `RandomState` is seeded afresh: a random number without a crate.
+        let mut random = std::collections::hash_map::RandomState::new().build_hasher();
+        random.write_u8(0);
+        let port = 20_000 + (random.finish() % 12_000) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The shell commands of the README block `<!-- readme-example:NAME -->`.
 pub fn readme_example(name: &str) -> String {
-    let readme = include_str!("../../README.md");
+    example_in(include_str!("../../README.md"), name)
+}
+
+/// [`readme_example`] from `proto/README.md`, whose commands run from the
+/// repository's root.
+pub fn proto_readme_example(name: &str) -> String {
+    example_in(include_str!("../../proto/README.md"), name)
+}
+
+fn example_in(readme: &str, name: &str) -> String {
     let start = readme
         .find(&format!("<!-- readme-example:{name} -->"))
         .expect("the example is in the README");

@@ -114,11 +114,16 @@ async fn expect(response: Response, status: StatusCode) -> Value {
     serde_json::from_str(&text).unwrap_or_else(|error| panic!("{url}: not JSON ({error}): {text}"))
 }
 
-/// Asserts an error answer: `status` and `{"detail": <a string>}`; the detail.
+/// Asserts an error answer: `status` and `{"detail": <a string>}`, or for a 422
+/// FastAPI's `{"detail": [{"loc", "msg", "type"}, …]}`; the detail, or the first
+/// `msg` (what course front ends show).
 async fn expect_error(response: Response, status: StatusCode) -> String {
     let challenge = response.headers().get(header::WWW_AUTHENTICATE).cloned();
     let body = expect(response, status).await;
     assert_eq!(keys(&body), ["detail"], "{body}");
+    if status == StatusCode::UNPROCESSABLE_ENTITY {
+        return validation_errors(&body)[0].2.clone();
+    }
     if status == StatusCode::UNAUTHORIZED {
         assert_eq!(
             challenge.unwrap(),
@@ -130,6 +135,47 @@ async fn expect_error(response: Response, status: StatusCode) -> String {
         .as_str()
         .expect("the detail is a string")
         .to_owned()
+}
+
+/// The entries of a 422's `detail`, at least one, each as (`loc` in JSON,
+/// `type`, `msg`), after checking their shape.
+fn validation_errors(body: &Value) -> Vec<(String, String, String)> {
+    let entries = body["detail"]
+        .as_array()
+        .unwrap_or_else(|| panic!("a 422's detail is a list: {body}"));
+    assert!(!entries.is_empty(), "{body}");
+    entries
+        .iter()
+        .map(|entry| {
+            assert_eq!(keys(entry), ["loc", "msg", "type"], "{body}");
+            let loc = entry["loc"].as_array().expect("loc is a list");
+            assert!(
+                matches!(
+                    loc.first().and_then(Value::as_str),
+                    Some("body" | "query" | "path")
+                ),
+                "{body}"
+            );
+            let text = |key: &str| {
+                let text = entry[key].as_str().expect("a string").to_owned();
+                assert!(!text.is_empty(), "{key} in {body}");
+                text
+            };
+            (entry["loc"].to_string(), text("type"), text("msg"))
+        })
+        .collect()
+}
+
+/// Asserts a 422 whose first entry is at `loc` (as JSON) with pydantic's `kind`.
+async fn expect_invalid(response: Response, loc: &str, kind: &str) {
+    let url = response.url().clone();
+    let body = expect(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let first = validation_errors(&body).remove(0);
+    assert_eq!(
+        (first.0.as_str(), first.1.as_str()),
+        (loc, kind),
+        "{url}: {body}"
+    );
 }
 
 fn keys(value: &Value) -> Vec<&str> {
@@ -919,6 +965,8 @@ async fn openapi_document_and_docs_page(pool: PgPool) {
         ("/posts/{id}", "patch"),
         ("/posts/{id}", "delete"),
         ("/vote/", "post"),
+        ("/livez", "get"),
+        ("/readyz", "get"),
     ];
     for (path, method) in operations {
         let operation = &paths[path][method];
@@ -927,7 +975,7 @@ async fn openapi_document_and_docs_page(pool: PgPool) {
             operation["responses"].is_object(),
             "{method} {path} responses"
         );
-        let protected = !matches!(path, "/users/" | "/login");
+        let protected = !matches!(path, "/users/" | "/login" | "/livez" | "/readyz");
         assert_eq!(
             operation["security"] == json!([{"bearer": []}]),
             protected,
@@ -977,6 +1025,38 @@ async fn openapi_document_and_docs_page(pool: PgPool) {
     assert!(content_type.starts_with("text/html"), "{content_type}");
     let page = response.text().await.unwrap();
     assert!(page.contains("SwaggerUIBundle") && page.contains("/openapi.json"));
+
+    // Everything the page loads comes from the gateway itself, cached for long.
+    assert!(!page.contains("://"), "only same-origin URLs: {page}");
+    let assets: Vec<&str> = page
+        .split(['"', '\''])
+        .filter(|part| part.starts_with("/docs/"))
+        .collect();
+    assert_eq!(assets.len(), 2, "a script and a style sheet: {page}");
+    for asset in assets {
+        let response = facade.request(Method::GET, asset).answer().await;
+        assert_eq!(response.status(), StatusCode::OK, "{asset}");
+        let header = |name| response.headers()[name].to_str().unwrap().to_owned();
+        let expected = if asset.ends_with(".js") {
+            "text/javascript"
+        } else {
+            "text/css"
+        };
+        assert!(
+            header(header::CONTENT_TYPE).starts_with(expected),
+            "{asset}"
+        );
+        assert!(
+            header(header::CACHE_CONTROL).contains("immutable"),
+            "{asset}"
+        );
+        assert!(response.bytes().await.unwrap().len() > 10_000, "{asset}");
+    }
+    let unknown = facade
+        .request(Method::GET, "/docs/swagger-ui-0.0.0.css")
+        .answer()
+        .await;
+    expect_error(unknown, StatusCode::NOT_FOUND).await;
 }
 
 #[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
@@ -1130,4 +1210,170 @@ async fn owner_emails_are_asked_of_auth_service_once_and_remembered(pool: PgPool
         cost.rpcs.get("/agora.posts.v1.PostService/GetPost"),
         Some(&1)
     );
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn invalid_requests_answer_422_as_fastapi_does(pool: PgPool) {
+    let (_system, facade) = spawn_facade(pool).await;
+    let alice = facade.sign_up("alice@example.com").await;
+    let post = facade
+        .create_post(&alice, json!({"title": "Hello", "content": "World"}))
+        .await;
+    let path = format!("/posts/{}", post["id"].as_str().unwrap());
+    let long_title = "x".repeat(201);
+
+    // What the facade finds itself, and what the services find (a
+    // google.rpc.BadRequest field violation), alike.
+    let bodies = [
+        (
+            "/posts/",
+            json!({"title": "No content"}),
+            r#"["body","content"]"#,
+            "missing",
+        ),
+        (
+            "/posts/",
+            json!({"title": 7, "content": "x"}),
+            r#"["body","title"]"#,
+            "string_type",
+        ),
+        (
+            "/posts/",
+            json!({"title": "x", "content": "x", "published": "yes"}),
+            r#"["body","published"]"#,
+            "bool_type",
+        ),
+        (
+            "/posts/",
+            json!({"title": null, "content": "x"}),
+            r#"["body","title"]"#,
+            "string_type",
+        ),
+        (
+            "/posts/",
+            json!({"title": long_title, "content": "x"}),
+            r#"["body","title"]"#,
+            "string_too_long",
+        ),
+        (
+            "/posts/",
+            json!(["a list"]),
+            r#"["body"]"#,
+            "model_attributes_type",
+        ),
+        (
+            "/vote/",
+            json!({"post_id": post["id"], "dir": 2}),
+            r#"["body","dir"]"#,
+            "value_error",
+        ),
+        (
+            "/vote/",
+            json!({"post_id": "42", "dir": 1}),
+            r#"["body","post_id"]"#,
+            "uuid_parsing",
+        ),
+        (
+            "/vote/",
+            json!({"dir": 1}),
+            r#"["body","post_id"]"#,
+            "missing",
+        ),
+    ];
+    for (path, body, loc, kind) in bodies {
+        let response = facade
+            .as_person(&alice, Method::POST, path)
+            .json(&body)
+            .answer()
+            .await;
+        expect_invalid(response, loc, kind).await;
+    }
+    let put_long = facade
+        .as_person(&alice, Method::PUT, &path)
+        .json(&json!({"title": "x".repeat(201), "content": "x"}))
+        .answer()
+        .await;
+    expect_invalid(put_long, r#"["body","title"]"#, "string_too_long").await;
+
+    let malformed = facade
+        .as_person(&alice, Method::POST, "/posts/")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body("{\"title\": ")
+        .answer()
+        .await;
+    expect_invalid(malformed, r#"["body",10]"#, "json_invalid").await;
+
+    for (path, loc, kind) in [
+        ("/posts/?limit=abc", r#"["query","limit"]"#, "int_parsing"),
+        (
+            "/posts/?limit=-1",
+            r#"["query","limit"]"#,
+            "greater_than_equal",
+        ),
+        (
+            "/posts/?skip=-1",
+            r#"["query","skip"]"#,
+            "greater_than_equal",
+        ),
+        (
+            "/posts/?search=a%00b",
+            r#"["query","search"]"#,
+            "value_error",
+        ),
+        ("/posts/1", r#"["path","id"]"#, "uuid_parsing"),
+    ] {
+        let response = facade.as_person(&alice, Method::GET, path).answer().await;
+        expect_invalid(response, loc, kind).await;
+    }
+
+    // The login form, as OAuth2PasswordRequestForm reads it.
+    let missing_password = facade
+        .request(Method::POST, "/login")
+        .form(&[("username", "alice@example.com")])
+        .answer()
+        .await;
+    expect_invalid(missing_password, r#"["body","password"]"#, "missing").await;
+    let not_a_form = facade
+        .request(Method::POST, "/login")
+        .json(&json!({"username": "alice@example.com", "password": PASSWORD}))
+        .answer()
+        .await;
+    expect_invalid(not_a_form, r#"["body","username"]"#, "missing").await;
+    let no_email = facade
+        .request(Method::POST, "/login")
+        .form(&[("username", ""), ("password", PASSWORD)])
+        .answer()
+        .await;
+    expect_invalid(no_email, r#"["body","username"]"#, "missing").await;
+
+    // Registration: every bad field at once, as pydantic lists them.
+    let response = facade
+        .request(Method::POST, "/users/")
+        .json(&json!({"email": "nope", "password": "short"}))
+        .answer()
+        .await;
+    let body = expect(response, StatusCode::UNPROCESSABLE_ENTITY).await;
+    let entries: Vec<(String, String)> = validation_errors(&body)
+        .into_iter()
+        .map(|(loc, kind, _)| (loc, kind))
+        .collect();
+    assert_eq!(
+        entries,
+        [
+            (r#"["body","email"]"#.to_owned(), "value_error".to_owned()),
+            (
+                r#"["body","password"]"#.to_owned(),
+                "string_too_short".to_owned()
+            ),
+        ],
+        "{body}"
+    );
+
+    // Other errors keep FastAPI's plain detail.
+    let missing = facade
+        .as_person(&alice, Method::GET, &format!("/posts/{}", Uuid::now_v7()))
+        .answer()
+        .await;
+    let body = expect(missing, StatusCode::NOT_FOUND).await;
+    assert!(body["detail"].is_string(), "{body}");
 }

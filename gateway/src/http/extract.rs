@@ -11,9 +11,13 @@ use axum::{
     http::{StatusCode, header::CONTENT_TYPE, request::Parts},
 };
 use serde::de::DeserializeOwned;
+use serde_path_to_error::Segment;
 use tonic::metadata::AsciiMetadataValue;
 
-use super::{Facade, errors::HttpError};
+use super::{
+    Facade,
+    errors::{HttpError, Loc, ValidationError},
+};
 
 /// A verified access token, passed on to the services as `authorization` metadata.
 /// The services check it again and take the caller from it, never from the body.
@@ -58,25 +62,83 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
     type Rejection = HttpError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, HttpError> {
-        // FastAPI reads a body without a content type as JSON too, and refuses others.
+        // FastAPI reads a body without a content type as JSON too; any other
+        // type is not the object it wants.
         if let Some(content_type) = request.headers().get(CONTENT_TYPE)
             && !is_json(content_type.to_str().unwrap_or_default())
         {
-            return Err(HttpError::invalid("the body must be JSON"));
+            return Err(not_an_object());
         }
         let bytes = Bytes::from_request(request, state)
             .await
             .map_err(|rejection| body_error(rejection.status(), rejection.body_text()))?;
-        let value: serde_json::Value = serde_json::from_slice(&bytes)
-            .map_err(|error| HttpError::invalid(format!("invalid JSON body: {error}")))?;
+        let value: serde_json::Value = serde_json::from_slice(&bytes).map_err(|error| {
+            // At the end of the input serde points at the last character read,
+            // Python past it.
+            let offset = match error.classify() {
+                serde_json::error::Category::Eof => String::from_utf8_lossy(&bytes).chars().count(),
+                _ => offset_of(&bytes, error.line(), error.column()),
+            };
+            HttpError::invalid(vec![ValidationError::new(
+                vec![Loc::from("body"), Loc::Index(offset)],
+                "json_invalid",
+                "JSON decode error",
+            )])
+        })?;
         // serde would also read a struct from an array; pydantic, and so the course, do not.
         if !value.is_object() {
-            return Err(HttpError::invalid("the body must be a JSON object"));
+            return Err(not_an_object());
         }
-        serde_json::from_value(value)
+        serde_path_to_error::deserialize(value)
             .map(Self)
-            .map_err(|error| HttpError::invalid(format!("invalid JSON body: {error}")))
+            .map_err(|error| field_error("body", error))
     }
+}
+
+/// What pydantic says of a body that is not a JSON object.
+fn not_an_object() -> HttpError {
+    HttpError::invalid(vec![ValidationError::new(
+        vec![Loc::from("body")],
+        "model_attributes_type",
+        "Input should be a valid dictionary or object to extract fields from",
+    )])
+}
+
+/// The character offset of serde_json's 1-based `line` and `column` (a byte
+/// count) in `bytes`, as Python's JSON decoder reports where it failed.
+fn offset_of(bytes: &[u8], line: usize, column: usize) -> usize {
+    let line_start: usize = bytes
+        .split(|byte| *byte == b'\n')
+        .take(line.saturating_sub(1))
+        .map(|line| line.len() + 1)
+        .sum();
+    let end = (line_start + column.saturating_sub(1)).min(bytes.len());
+    String::from_utf8_lossy(&bytes[..end]).chars().count()
+}
+
+/// A 422 for the field serde failed on, under `place` (`body` or `query`).
+fn field_error<E: std::fmt::Display>(
+    place: &str,
+    error: serde_path_to_error::Error<E>,
+) -> HttpError {
+    let mut loc = vec![Loc::from(place)];
+    for segment in error.path().iter() {
+        match segment {
+            Segment::Seq { index } => loc.push(Loc::Index(*index)),
+            Segment::Map { key } => loc.push(Loc::Name(key.clone())),
+            Segment::Enum { variant } => loc.push(Loc::Name(variant.clone())),
+            Segment::Unknown => {}
+        }
+    }
+    let description = error.inner().to_string();
+    // serde names a missing field in its message, on the object that lacks it.
+    if let Some(field) = description
+        .strip_prefix("missing field `")
+        .and_then(|rest| rest.split('`').next())
+    {
+        loc.push(Loc::from(field));
+    }
+    HttpError::invalid(vec![ValidationError::described(loc, &description)])
 }
 
 fn is_json(content_type: &str) -> bool {
@@ -86,25 +148,46 @@ fn is_json(content_type: &str) -> bool {
         || (essence.starts_with("application/") && essence.ends_with("+json"))
 }
 
-/// An `application/x-www-form-urlencoded` body.
+/// An `application/x-www-form-urlencoded` body. A body of another type holds no
+/// form fields, so its required ones are missing, as FastAPI answers.
 pub struct FormBody<T>(pub T);
 
 impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for FormBody<T> {
     type Rejection = HttpError;
 
     async fn from_request(request: Request, state: &S) -> Result<Self, HttpError> {
-        axum::Form::from_request(request, state)
+        let is_form = request
+            .headers()
+            .get(CONTENT_TYPE)
+            .and_then(|value| value.to_str().ok())
+            .and_then(|value| value.split(';').next())
+            .is_some_and(|essence| {
+                essence
+                    .trim()
+                    .eq_ignore_ascii_case("application/x-www-form-urlencoded")
+            });
+        let bytes = Bytes::from_request(request, state)
             .await
-            .map(|axum::Form(form)| Self(form))
-            .map_err(|rejection| body_error(rejection.status(), rejection.body_text()))
+            .map_err(|rejection| body_error(rejection.status(), rejection.body_text()))?;
+        let fields: &[u8] = if is_form { &bytes } else { &[] };
+        from_urlencoded("body", fields).map(Self)
     }
+}
+
+/// `T` from a form or query string, or a 422 naming the field under `place`.
+fn from_urlencoded<T: DeserializeOwned>(place: &str, input: &[u8]) -> Result<T, HttpError> {
+    let deserializer = serde_urlencoded::Deserializer::new(form_urlencoded::parse(input));
+    serde_path_to_error::deserialize(deserializer).map_err(|error| field_error(place, error))
 }
 
 /// 413 stays 413 (the body limit); anything else wrong with a body is 422.
 fn body_error(status: StatusCode, text: String) -> HttpError {
     match status {
         StatusCode::PAYLOAD_TOO_LARGE => HttpError::new(status, "request body too large"),
-        _ => HttpError::invalid(text),
+        _ => HttpError::invalid(vec![ValidationError::described(
+            vec![Loc::from("body")],
+            &text,
+        )]),
     }
 }
 
@@ -114,11 +197,9 @@ pub struct Query<T>(pub T);
 impl<T: DeserializeOwned, S: Send + Sync> FromRequestParts<S> for Query<T> {
     type Rejection = HttpError;
 
-    async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, HttpError> {
-        axum::extract::Query::from_request_parts(parts, state)
-            .await
-            .map(|axum::extract::Query(query)| Self(query))
-            .map_err(|rejection| HttpError::invalid(rejection.body_text()))
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, HttpError> {
+        let query = parts.uri.query().unwrap_or_default();
+        from_urlencoded("query", query.as_bytes()).map(Self)
     }
 }
 
@@ -133,7 +214,12 @@ impl<S: Send + Sync> FromRequestParts<S> for PathId {
         axum::extract::Path::<String>::from_request_parts(parts, state)
             .await
             .map(|axum::extract::Path(id)| Self(id))
-            .map_err(|rejection| HttpError::invalid(rejection.body_text()))
+            .map_err(|rejection| {
+                HttpError::invalid(vec![ValidationError::described(
+                    vec![Loc::from("path"), Loc::from("id")],
+                    &rejection.body_text(),
+                )])
+            })
     }
 }
 
@@ -158,5 +244,11 @@ mod tests {
         assert!(is_json("application/merge-patch+json"));
         assert!(!is_json("text/plain"));
         assert!(!is_json("application/x-www-form-urlencoded"));
+    }
+
+    #[test]
+    fn json_offsets_count_characters_from_the_start() {
+        assert_eq!(offset_of(b"{\"a\": ", 1, 7), 6);
+        assert_eq!(offset_of(b"{\n  \"\xc3\xa9\": x", 2, 8), 8);
     }
 }

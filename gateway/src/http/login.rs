@@ -9,7 +9,7 @@ use utoipa::ToSchema;
 
 use super::{
     ClientAddress, Facade,
-    errors::{ErrorBody, HttpError},
+    errors::{ErrorBody, HttpError, ValidationErrorBody},
     extract::FormBody,
 };
 
@@ -47,7 +47,7 @@ pub struct Token {
         (status = 200, description = "Logged in", body = Token),
         (status = 403, description = "Unknown email or wrong password", body = ErrorBody,
             example = json!({"detail": "Invalid Credentials"})),
-        (status = 422, description = "A missing or empty field", body = ErrorBody),
+        (status = 422, description = "A missing or empty field", body = ValidationErrorBody),
         (status = 429, description = "Too many failed logins from this address, or for this email from this address; try again after Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     ),
@@ -70,7 +70,8 @@ pub async fn login(
         .map_err(|status| match status.code() {
             // The course answers bad credentials with 403, not 401.
             Code::Unauthenticated => HttpError::new(StatusCode::FORBIDDEN, "Invalid Credentials"),
-            _ => HttpError::from_status(UPSTREAM, &status),
+            // The course's form calls the email `username`.
+            _ => HttpError::from_status(UPSTREAM, &status).renaming("email", "username"),
         })?
         .into_inner();
     Ok(Json(Token {

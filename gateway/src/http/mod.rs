@@ -7,8 +7,10 @@
 //! token as `authorization` metadata, and writes the answer in the course's shape.
 //! `errors.rs` holds the status mapping.
 
+pub(crate) mod cors;
 mod errors;
 mod extract;
+mod health;
 mod login;
 mod openapi;
 mod posts;
@@ -28,6 +30,7 @@ use axum::{
     http::request::Parts,
     routing::{MethodRouter, get, post},
 };
+use tonic_health::server::HealthReporter;
 
 use crate::{
     clients::{Clients, forward_client},
@@ -90,15 +93,19 @@ impl ClientAddress {
 const MAX_REMEMBERED_EMAILS: usize = 10_000;
 
 /// The facade's routes, each with and without its trailing slash, plus
-/// `/openapi.json` and `/docs`. With `show_emails`, users and post owners carry
-/// their email, as in the course API; without, an email is shown only to its
-/// owner, as the gRPC API does. Serve it with connect info (`SocketAddr`), so it
-/// knows its clients' addresses.
+/// `/openapi.json`, `/docs` (and its assets), and `/livez` and `/readyz` for load
+/// balancers. With `show_emails`, users and post owners carry their email, as in
+/// the course API; without, an email is shown only to its owner, as the gRPC API
+/// does. Browsers may call it from `cors_allowed_origins`; `/readyz` answers what
+/// `health` (the gRPC port's `grpc.health.v1`) says. Serve it with connect info
+/// (`SocketAddr`), so it knows its clients' addresses.
 pub fn router(
     upstreams: Upstreams,
     verifier: Arc<TokenVerifier>,
     show_emails: bool,
     clients: Clients,
+    cors_allowed_origins: &[String],
+    health: HealthReporter,
 ) -> Router {
     let routes = [
         ("/users", post(users::create)),
@@ -119,6 +126,7 @@ pub fn router(
         .fold(Router::new(), with_and_without_slash)
         .route("/openapi.json", get(openapi::document))
         .route("/docs", get(openapi::docs))
+        .route("/docs/{asset}", get(openapi::asset))
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
@@ -129,6 +137,13 @@ pub fn router(
             owner_emails: Arc::default(),
             clients,
         })
+        // Health answers whatever the state of the services.
+        .merge(health::router(health))
+        // Outermost, so that preflights and error answers carry it too.
+        .layer(cors::facade(cors_allowed_origins))
+        .layer(axum::middleware::map_response(
+            cors::only_for_allowed_origins,
+        ))
 }
 
 /// FastAPI redirects between `/posts` and `/posts/`; a redirect loses the body of a

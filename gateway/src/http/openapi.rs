@@ -4,15 +4,19 @@
 use std::sync::LazyLock;
 
 use axum::{
-    http::header::CONTENT_TYPE,
-    response::{Html, IntoResponse},
+    extract::Path,
+    http::header::{CACHE_CONTROL, CONTENT_TYPE},
+    response::{Html, IntoResponse, Response},
 };
 use utoipa::{
     Modify, OpenApi,
     openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme},
 };
 
-use super::{errors::ErrorBody, login, posts, users, votes};
+use super::{
+    errors::{self, ErrorBody, ValidationErrorBody},
+    health, login, posts, users, votes,
+};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -20,7 +24,8 @@ use super::{errors::ErrorBody, login, posts, users, votes};
         title = "Agora",
         description = "The course API (users, login, posts, vote) over Agora's gRPC services. \
             Ids are UUID strings. Every path also answers with or without its trailing slash. \
-            Errors are `{\"detail\": \"…\"}`.",
+            Errors are `{\"detail\": \"…\"}`, except 422, which answers as FastAPI does: \
+            `{\"detail\": [{\"loc\": [\"body\", \"title\"], \"msg\": \"…\", \"type\": \"…\"}]}`.",
     ),
     paths(
         users::create,
@@ -33,14 +38,17 @@ use super::{errors::ErrorBody, login, posts, users, votes};
         posts::patch,
         posts::delete,
         votes::vote,
+        health::livez,
+        health::readyz,
     ),
-    components(schemas(ErrorBody)),
+    components(schemas(ErrorBody, ValidationErrorBody)),
     modifiers(&BearerScheme),
     tags(
         (name = "Users", description = "Registration and look-up"),
         (name = "Authentication", description = "Access tokens"),
         (name = "Posts", description = "Posts with their owners and like counts"),
         (name = "Vote", description = "Likes"),
+        (name = "Health", description = "For load balancers that cannot speak gRPC"),
     ),
 )]
 struct ApiDoc;
@@ -75,10 +83,46 @@ pub async fn document() -> impl IntoResponse {
     ([(CONTENT_TYPE, "application/json")], DOCUMENT.as_str())
 }
 
-/// Swagger UI, as FastAPI serves at `/docs`, loaded from a CDN so that nothing is
-/// downloaded at build time.
+/// The Swagger UI served at `/docs`, vendored from the npm package
+/// `swagger-ui-dist` (see `gateway/assets/swagger-ui/README.md`). Part of the
+/// assets' URLs, so a new version is never answered from a browser's cache.
+const SWAGGER_UI_VERSION: &str = "5.35.0";
+
+/// Cached for a year and never revalidated: the URL changes with the content.
+const IMMUTABLE: &str = "public, max-age=31536000, immutable";
+
+/// The page, naming the assets by version; only same-origin URLs, so it works
+/// without network access.
+static DOCS_PAGE: LazyLock<String> =
+    LazyLock::new(|| include_str!("docs.html").replace("{version}", SWAGGER_UI_VERSION));
+
+/// Swagger UI, as FastAPI serves at `/docs`, from the binary itself.
 pub async fn docs() -> Html<&'static str> {
-    Html(include_str!("docs.html"))
+    Html(DOCS_PAGE.as_str())
+}
+
+/// The page's script and style sheet, by their versioned names.
+pub async fn asset(Path(name): Path<String>) -> Response {
+    let bundle = format!("swagger-ui-bundle-{SWAGGER_UI_VERSION}.js");
+    let css = format!("swagger-ui-{SWAGGER_UI_VERSION}.css");
+    let (content_type, body): (&str, &'static [u8]) = if name == bundle {
+        (
+            "text/javascript; charset=utf-8",
+            include_bytes!("../../assets/swagger-ui/swagger-ui-bundle.js"),
+        )
+    } else if name == css {
+        (
+            "text/css; charset=utf-8",
+            include_bytes!("../../assets/swagger-ui/swagger-ui.css"),
+        )
+    } else {
+        return errors::not_found().await.into_response();
+    };
+    (
+        [(CONTENT_TYPE, content_type), (CACHE_CONTROL, IMMUTABLE)],
+        body,
+    )
+        .into_response()
 }
 
 #[cfg(test)]
@@ -94,15 +138,46 @@ mod tests {
         assert_eq!(
             names,
             [
+                "/livez",
                 "/login",
                 "/posts/",
                 "/posts/{id}",
+                "/readyz",
                 "/users/",
                 "/users/{id}",
                 "/vote/"
             ]
         );
         assert!(document["components"]["securitySchemes"]["bearer"].is_object());
+    }
+
+    #[test]
+    fn every_422_is_documented_as_fastapi_validation_errors() {
+        let document: serde_json::Value = serde_json::from_str(&DOCUMENT).unwrap();
+        let mut seen = 0;
+        for (path, operations) in document["paths"].as_object().unwrap() {
+            for (method, operation) in operations.as_object().unwrap() {
+                let Some(invalid) = operation["responses"].get("422") else {
+                    continue;
+                };
+                let schema = &invalid["content"]["application/json"]["schema"]["$ref"];
+                assert_eq!(
+                    schema, "#/components/schemas/ValidationErrorBody",
+                    "{method} {path}"
+                );
+                seen += 1;
+            }
+        }
+        assert_eq!(seen, 10, "every operation that reads input");
+        let entry = &document["components"]["schemas"]["ValidationError"];
+        let mut required: Vec<&str> = entry["required"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|name| name.as_str().unwrap())
+            .collect();
+        required.sort_unstable();
+        assert_eq!(required, ["loc", "msg", "type"], "{entry}");
     }
 
     #[test]

@@ -12,7 +12,7 @@ use utoipa::{IntoParams, ToSchema};
 
 use super::{
     Facade,
-    errors::{ErrorBody, HttpError},
+    errors::{ErrorBody, HttpError, ValidationErrorBody},
     extract::{Bearer, JsonBody, PathId, Query, present},
     users::{UserOut, rfc3339},
 };
@@ -224,7 +224,7 @@ fn upstream_error(status: tonic::Status) -> HttpError {
     responses(
         (status = 200, description = "A page of posts", body = [PostWithVotes]),
         (status = 401, description = "No valid access token", body = ErrorBody),
-        (status = 422, description = "A negative limit or skip, or a search over 100 characters", body = ErrorBody),
+        (status = 422, description = "A negative limit or skip, or a search over 100 characters", body = ValidationErrorBody),
     ),
 )]
 pub async fn list(
@@ -270,7 +270,7 @@ pub async fn list(
         (status = 200, description = "The post", body = PostWithVotes),
         (status = 401, description = "No valid access token", body = ErrorBody),
         (status = 404, description = "No such post, or another person's draft", body = ErrorBody),
-        (status = 422, description = "The id is not a UUID", body = ErrorBody),
+        (status = 422, description = "The id is not a UUID", body = ValidationErrorBody),
     ),
 )]
 pub async fn get(
@@ -306,7 +306,7 @@ pub async fn get(
     responses(
         (status = 201, description = "Created", body = PostOut),
         (status = 401, description = "No valid access token", body = ErrorBody),
-        (status = 422, description = "Malformed body, or an empty or too long title or content", body = ErrorBody),
+        (status = 422, description = "Malformed body, or an empty or too long title or content", body = ValidationErrorBody),
     ),
 )]
 pub async fn create(
@@ -347,7 +347,7 @@ pub async fn create(
         (status = 401, description = "No valid access token", body = ErrorBody),
         (status = 403, description = "Not your post", body = ErrorBody),
         (status = 404, description = "No such post", body = ErrorBody),
-        (status = 422, description = "Malformed id or body, or an empty or too long title or content", body = ErrorBody),
+        (status = 422, description = "Malformed id or body, or an empty or too long title or content", body = ValidationErrorBody),
     ),
 )]
 pub async fn replace(
@@ -386,7 +386,7 @@ pub async fn replace(
         (status = 401, description = "No valid access token", body = ErrorBody),
         (status = 403, description = "Not your post", body = ErrorBody),
         (status = 404, description = "No such post", body = ErrorBody),
-        (status = 422, description = "Malformed id or body, no field given, or an empty or too long title or content", body = ErrorBody),
+        (status = 422, description = "Malformed id or body, no field given, or an empty or too long title or content", body = ValidationErrorBody),
     ),
 )]
 pub async fn patch(
@@ -446,7 +446,7 @@ async fn update(
         (status = 401, description = "No valid access token", body = ErrorBody),
         (status = 403, description = "Not your post", body = ErrorBody),
         (status = 404, description = "No such post", body = ErrorBody),
-        (status = 422, description = "The id is not a UUID", body = ErrorBody),
+        (status = 422, description = "The id is not a UUID", body = ValidationErrorBody),
     ),
 )]
 pub async fn delete(

@@ -11,7 +11,7 @@ use crate::clients::registration_refused;
 
 use super::{
     ClientAddress, Facade,
-    errors::{ErrorBody, HttpError},
+    errors::{ErrorBody, HttpError, ValidationErrorBody},
     extract::{Bearer, JsonBody, PathId},
 };
 
@@ -99,7 +99,7 @@ pub fn rfc3339(upstream: &str, time: Option<prost_types::Timestamp>) -> Result<S
     responses(
         (status = 201, description = "Registered", body = UserOut),
         (status = 409, description = "The email is taken", body = ErrorBody),
-        (status = 422, description = "Malformed body, invalid email, or a password outside 8 to 128 characters", body = ErrorBody),
+        (status = 422, description = "Malformed body, invalid email, or a password outside 8 to 128 characters", body = ValidationErrorBody),
         (status = 429, description = "Too many registrations from this address; try again after Retry-After seconds", body = ErrorBody,
             headers(("Retry-After" = u64, description = "Seconds to wait before trying again"))),
     ),
@@ -142,7 +142,7 @@ pub async fn create(
         (status = 200, description = "The user", body = UserOut),
         (status = 401, description = "No valid access token", body = ErrorBody),
         (status = 404, description = "No such user", body = ErrorBody),
-        (status = 422, description = "The id is not a UUID", body = ErrorBody),
+        (status = 422, description = "The id is not a UUID", body = ValidationErrorBody),
     ),
 )]
 pub async fn get(

@@ -8,7 +8,7 @@ use utoipa::ToSchema;
 
 use super::{
     Facade,
-    errors::{ErrorBody, HttpError},
+    errors::{ErrorBody, HttpError, ValidationErrorBody},
     extract::{Bearer, JsonBody},
 };
 
@@ -62,7 +62,7 @@ pub struct VoteOut {
         (status = 401, description = "No valid access token", body = ErrorBody),
         (status = 404, description = "No such post, or no like to take back", body = ErrorBody),
         (status = 409, description = "You already like the post", body = ErrorBody),
-        (status = 422, description = "Malformed body or post id, or a dir other than 0 and 1", body = ErrorBody),
+        (status = 422, description = "Malformed body or post id, or a dir other than 0 and 1", body = ValidationErrorBody),
     ),
 )]
 pub async fn vote(
