@@ -17,13 +17,11 @@ use std::{
 };
 
 use hyper_util::rt::TokioIo;
-use rcgen::{
-    BasicConstraints, CertificateParams, CertifiedIssuer, ExtendedKeyUsagePurpose, IsCa, KeyPair,
-};
 use rustls::{
     ClientConfig, RootCertStore,
     pki_types::{CertificateDer, ServerName, pem::PemObject},
 };
+use system_tests::pki::{Ca, Issued};
 use system_tests::process::{
     Process, ScratchDatabase, free_port, on_ports, readme_example, require_tools, run, run_script,
     terminate_all,
@@ -33,62 +31,6 @@ use tonic::transport::{Channel, Endpoint};
 use tonic_health::pb::{
     HealthCheckRequest, health_check_response::ServingStatus, health_client::HealthClient,
 };
-
-/// A CA of the test's own, issuing server and client certificates.
-struct Ca {
-    issuer: CertifiedIssuer<'static, KeyPair>,
-}
-
-/// A certificate and its key, as PEM.
-struct Issued {
-    cert: String,
-    key: String,
-}
-
-impl Ca {
-    fn new(name: &str) -> Self {
-        let mut params = CertificateParams::new(Vec::new()).expect("CA parameters");
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, name);
-        let key = KeyPair::generate().expect("a CA key");
-        Self {
-            issuer: CertifiedIssuer::self_signed(params, key).expect("a CA certificate"),
-        }
-    }
-
-    fn pem(&self) -> String {
-        self.issuer.pem()
-    }
-
-    fn issue(&self, names: &[&str], purpose: ExtendedKeyUsagePurpose) -> Issued {
-        let names = names
-            .iter()
-            .map(|name| (*name).to_owned())
-            .collect::<Vec<_>>();
-        let mut params = CertificateParams::new(names).expect("leaf parameters");
-        params.extended_key_usages = vec![purpose];
-        let key = KeyPair::generate().expect("a leaf key");
-        let cert = params.signed_by(&key, &*self.issuer).expect("a leaf");
-        Issued {
-            cert: cert.pem(),
-            key: key.serialize_pem(),
-        }
-    }
-
-    /// For `localhost` and 127.0.0.1, the address `--health-check` dials.
-    fn server(&self) -> Issued {
-        self.issue(
-            &["localhost", "127.0.0.1"],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        )
-    }
-
-    fn client(&self) -> Issued {
-        self.issue(&["agora-client"], ExtendedKeyUsagePurpose::ClientAuth)
-    }
-}
 
 /// A folder of the test's own, removed when it ends.
 struct Dir(PathBuf);

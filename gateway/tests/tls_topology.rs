@@ -21,6 +21,7 @@ use agora_proto::{
 };
 use system_tests::{
     bearer,
+    pki::Ca,
     process::{Env, Process, ScratchDatabase, Topology, terminate_all},
 };
 use tonic::transport::{Certificate, Channel, ClientTlsConfig, Identity};
@@ -29,23 +30,13 @@ use tonic_health::pb::{HealthCheckRequest, health_client::HealthClient};
 /// A CA of the test's own and the PEM files of what it issues, in a folder
 /// removed at the end.
 struct Pki {
-    ca: rcgen::CertifiedIssuer<'static, rcgen::KeyPair>,
+    ca: Ca,
     dir: PathBuf,
 }
 
 impl Pki {
     fn new() -> Self {
-        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, "agora test ca");
-        params.key_usages = vec![
-            rcgen::KeyUsagePurpose::KeyCertSign,
-            rcgen::KeyUsagePurpose::DigitalSignature,
-        ];
-        let ca = rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap())
-            .unwrap();
+        let ca = Ca::new("agora test ca");
         let dir = std::env::temp_dir().join(format!("agora-tls-{}", uuid::Uuid::now_v7().simple()));
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join("ca.pem"), ca.pem()).unwrap();
@@ -55,20 +46,19 @@ impl Pki {
     /// `<name>.pem` and `<name>-key.pem`: a certificate for `names` (DNS names or
     /// IP addresses), usable by a server and a client.
     fn issue(&self, name: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let names: Vec<String> = names.iter().map(|name| (*name).to_owned()).collect();
-        let mut params = rcgen::CertificateParams::new(names).unwrap();
-        params.extended_key_usages = vec![
-            rcgen::ExtendedKeyUsagePurpose::ServerAuth,
-            rcgen::ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = params.signed_by(&key, &self.ca).unwrap();
+        let issued = self.ca.issue(
+            names,
+            &[
+                rcgen::ExtendedKeyUsagePurpose::ServerAuth,
+                rcgen::ExtendedKeyUsagePurpose::ClientAuth,
+            ],
+        );
         let (cert_path, key_path) = (
             self.dir.join(format!("{name}.pem")),
             self.dir.join(format!("{name}-key.pem")),
         );
-        std::fs::write(&cert_path, cert.pem()).unwrap();
-        std::fs::write(&key_path, key.serialize_pem()).unwrap();
+        std::fs::write(&cert_path, issued.cert).unwrap();
+        std::fs::write(&key_path, issued.key).unwrap();
         (cert_path, key_path)
     }
 
