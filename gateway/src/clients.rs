@@ -2,9 +2,10 @@
 //!
 //! The client address is the peer of the connection, or, when the peer is one
 //! of `TRUSTED_PROXIES`, what their `x-forwarded-for` says (see
-//! `service_kit::client_address`). Every call forwarded upstream carries exactly
-//! that address as its `x-forwarded-for`, whatever the client sent, so
-//! auth-service can count failed logins per client; and registrations are
+//! `service_kit::client_address`). Every call forwarded to auth-service carries
+//! exactly that address as its `x-forwarded-for`, whatever the client sent, so
+//! it can count failed logins per client (calls to the other services carry
+//! none); and registrations are
 //! limited per client address here, at the edge, before any hashing.
 //!
 //! The registration counts live in this process's memory (`service_kit::quota`):

@@ -132,6 +132,7 @@ impl Edge {
                 read_only: rpc.read_only,
                 max_message_bytes: self.limits.max_message_bytes,
                 clients: self.clients.clone(),
+                names_client: owner == Owner::Auth,
                 registers: is_registration(rpc),
             };
             router = router.route_service(&rpc.path(), forward);
@@ -210,7 +211,8 @@ fn is_registration(rpc: &Rpc) -> bool {
 }
 
 /// Sends a call on to its upstream as it came, except that its `x-forwarded-for`
-/// is the client address (see [`crate::clients`]), and the answer back as it
+/// is the client address for auth-service and absent for the others (see
+/// [`crate::clients`]), and the answer back as it
 /// comes. A read whose upstream never answered (a broken connection, a replica
 /// that went away) is sent once more, after a short random pause; a write never
 /// is. A registration over its address's limit is refused here.
@@ -222,6 +224,8 @@ struct Forward {
     /// The largest request a read is held in memory for, to be sent again.
     max_message_bytes: usize,
     clients: Clients,
+    /// Whether the upstream is told the client address (auth-service's calls).
+    names_client: bool,
     registers: bool,
 }
 
@@ -238,12 +242,18 @@ impl Service<http::Request<axum::body::Body>> for Forward {
     fn call(&mut self, mut request: http::Request<axum::body::Body>) -> Self::Future {
         let forward = self.clone();
         Box::pin(async move {
-            let peer = request
-                .extensions()
-                .get::<TcpConnectInfo>()
-                .and_then(TcpConnectInfo::remote_addr)
-                .map(|address| address.ip());
-            let client = forward.clients.client(peer, request.headers());
+            // Only auth-service counts calls per client (logins, registrations):
+            // other calls only lose what the client wrote.
+            let client = if forward.names_client {
+                let peer = request
+                    .extensions()
+                    .get::<TcpConnectInfo>()
+                    .and_then(TcpConnectInfo::remote_addr)
+                    .map(|address| address.ip());
+                forward.clients.client(peer, request.headers())
+            } else {
+                None
+            };
             if forward.registers
                 && let Err(wait) = forward.clients.admit_registration(client)
             {
