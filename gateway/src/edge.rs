@@ -1,7 +1,8 @@
 //! The gRPC edge: every public method on one port, forwarded to the service that
 //! owns it as an HTTP/2 stream (metadata, deadlines, status and error details pass
-//! through untouched, since nothing is decoded); gRPC-Web for browsers;
-//! reflection over the public API; health for the gateway and each upstream.
+//! through untouched, since nothing is decoded); gRPC-Web for browsers; Connect
+//! ([`crate::connect`]); reflection over the public API; health for the gateway
+//! and each upstream.
 
 use std::{
     convert::Infallible,
@@ -28,6 +29,7 @@ use tower::{Service, ServiceExt, limit::GlobalConcurrencyLimitLayer};
 
 use crate::{
     clients::{Clients, forward_client, registration_refused},
+    connect::ConnectLayer,
     upstreams::Upstreams,
 };
 
@@ -143,8 +145,10 @@ impl Edge {
                 .into_http::<axum::body::Body>()
         });
         let names: Vec<&'static str> = services.iter().map(|(name, _)| *name).collect();
-        let routes = with_reflection(Routes::from(router), public_descriptors(), &names)
-            .add_service(health_service);
+        let descriptors = public_descriptors();
+        let connect = ConnectLayer::new(descriptors.clone(), self.limits.max_message_bytes);
+        let routes =
+            with_reflection(Routes::from(router), descriptors, &names).add_service(health_service);
 
         // Anyone may register and log in; every other method needs a token, checked
         // here as well as by the owning service.
@@ -152,6 +156,8 @@ impl Edge {
         let result = configured_server(&self.limits)
             .accept_http1(true)
             .layer(crate::http::cors::grpc_web(&self.cors_allowed_origins))
+            // Before gRPC-Web's layer, which refuses HTTP/1.1 that is not gRPC-Web.
+            .layer(connect)
             .layer(tonic_web::GrpcWebLayer::new())
             .layer(RpcLogLayer::edge(self.limits.request_timeout()))
             .layer(GlobalConcurrencyLimitLayer::new(

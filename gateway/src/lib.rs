@@ -8,6 +8,7 @@
 
 mod clients;
 pub mod config;
+mod connect;
 mod edge;
 pub mod embedded;
 pub mod http;

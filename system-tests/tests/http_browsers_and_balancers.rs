@@ -1,5 +1,5 @@
 //! The gateway's HTTP port as browsers and load balancers meet it: CORS on the
-//! HTTP/JSON facade (and, from the same setting, on gRPC-Web), and health over
+//! HTTP/JSON facade (and, from the same setting, on gRPC-Web and Connect), and health over
 //! plain HTTP (`/livez`, `/readyz`).
 
 use std::time::Duration;
@@ -129,6 +129,30 @@ async fn browsers_from_allowed_origins_may_call_the_facade_and_read_its_answers(
     );
     let headers = list_of(&response, "access-control-allow-headers");
     assert!(headers.contains(&"x-grpc-web".to_owned()), "{headers:?}");
+    // Connect, as connect-web sends it.
+    let response = preflight(
+        &grpc_web,
+        ALLOWED,
+        "POST",
+        "authorization,connect-protocol-version,connect-timeout-ms,content-type",
+    )
+    .await;
+    assert_eq!(
+        header_of(&response, "access-control-allow-origin"),
+        Some(ALLOWED),
+        "Connect"
+    );
+    let headers = list_of(&response, "access-control-allow-headers");
+    for needed in [
+        "connect-protocol-version",
+        "connect-timeout-ms",
+        "authorization",
+    ] {
+        assert!(
+            headers.contains(&needed.to_owned()),
+            "{needed}: {headers:?}"
+        );
+    }
     let refused = preflight(&grpc_web, OTHER, "POST", "content-type,x-grpc-web").await;
     assert_eq!(
         header_of(&refused, "access-control-allow-origin"),

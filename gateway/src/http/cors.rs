@@ -12,8 +12,8 @@ use tower_http::cors::{AllowOrigin, CorsLayer};
 /// How long a browser may remember a preflight's answer.
 const PREFLIGHT_MAX_AGE: Duration = Duration::from_secs(24 * 60 * 60);
 
-/// gRPC-Web on the gRPC port: browsers may call from the allowed origins, and
-/// read the gRPC status.
+/// gRPC-Web and Connect on the gRPC port: browsers may call from the allowed
+/// origins, and read the gRPC status.
 pub(crate) fn grpc_web(allowed_origins: &[String]) -> CorsLayer {
     let header = HeaderName::from_static;
     CorsLayer::new()
@@ -21,6 +21,8 @@ pub(crate) fn grpc_web(allowed_origins: &[String]) -> CorsLayer {
         .allow_methods([Method::POST, Method::OPTIONS])
         .allow_headers([
             header("authorization"),
+            header("connect-protocol-version"),
+            header("connect-timeout-ms"),
             header("content-type"),
             header("grpc-timeout"),
             header("x-grpc-web"),
