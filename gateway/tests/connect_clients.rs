@@ -1,7 +1,7 @@
 //! Connect with the clients people use, against the real gateway binary: the
 //! README's `buf curl` and curl session, `buf curl` with reflection over a
 //! Connect stream, and a client generated with protoc-gen-es run with
-//! connect-node (`system-tests/node/`).
+//! connect-node and connect-web's fetch transport (`system-tests/node/`).
 
 use std::path::{Path, PathBuf};
 
@@ -17,7 +17,7 @@ fn repository_root() -> PathBuf {
 }
 
 #[tokio::test]
-async fn buf_curl_curl_and_a_connect_node_client_speak_connect_to_the_gateway() {
+async fn buf_curl_curl_and_connect_es_clients_speak_connect_to_the_gateway() {
     require_tools(&["buf", "jq", "curl", "node", "npm"]);
     let node_client = repository_root().join("system-tests/node");
     assert!(
@@ -77,8 +77,8 @@ async fn buf_curl_curl_and_a_connect_node_client_speak_connect_to_the_gateway() 
     ))
     .await;
     assert!(
-        node.contains("connect-node client: 20 passed, 0 failed"),
-        "the generated connect-node client:\n{node}"
+        node.contains("connect-es client: 30 passed, 0 failed"),
+        "the generated connect-es client:\n{node}"
     );
 
     gateway.terminate().await;

@@ -1,15 +1,17 @@
-// Agora through connect-node, with code generated from proto/ by protoc-gen-es
-// (`npm run generate`, into gen/).
+// Agora through connect-es (connect-node, and connect-web's fetch transport),
+// with code generated from proto/ by protoc-gen-es (`npm run generate`, into
+// gen/).
 //
 // Usage: node agora_client.mjs http://HOST:PORT
 //
-// Runs the same calls over Connect's JSON on HTTP/1.1 and its binary format on
-// HTTP/2, prints one line per check and then exactly one summary line,
-// `connect-node client: N passed, M failed`; exits 0 only when all passed.
+// Runs the same calls over Connect's JSON on HTTP/1.1, its binary format on
+// HTTP/2, and connect-web's fetch, prints one line per check and then exactly one summary line,
+// `connect-es client: N passed, M failed`; exits 0 only when all passed.
 
 import { create } from "@bufbuild/protobuf";
 import { Code, ConnectError, createClient } from "@connectrpc/connect";
 import { createConnectTransport } from "@connectrpc/connect-node";
+import { createConnectTransport as createFetchTransport } from "@connectrpc/connect-web";
 
 import { AuthService } from "./gen/agora/auth/v1/auth_pb.js";
 import { UserService } from "./gen/agora/auth/v1/users_pb.js";
@@ -68,6 +70,8 @@ async function expectError(call, code, reason) {
 const transports = {
   "JSON over HTTP/1.1": createConnectTransport({ baseUrl, httpVersion: "1.1" }),
   "binary over HTTP/2": createConnectTransport({ baseUrl, httpVersion: "2", useBinaryFormat: true }),
+  // connect-web's transport, as a browser runs it: over fetch, which Node has.
+  "connect-web over fetch": createFetchTransport({ baseUrl }),
 };
 
 for (const [name, transport] of Object.entries(transports)) {
@@ -145,5 +149,5 @@ for (const [name, transport] of Object.entries(transports)) {
   });
 }
 
-console.log(`connect-node client: ${passed} passed, ${failed} failed`);
+console.log(`connect-es client: ${passed} passed, ${failed} failed`);
 process.exit(failed === 0 ? 0 : 1);
