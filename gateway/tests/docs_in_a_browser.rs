@@ -4,38 +4,12 @@
 
 use std::time::Duration;
 
+use system_tests::browser::rendered_dom;
 use system_tests::process::{Env, ScratchDatabase, all_in_one_gateway, require_tools};
 
 /// How long Chromium may run the page's scripts, in virtual time: enough for
 /// Swagger UI to fetch `/openapi.json` and render it.
 const SCRIPT_BUDGET_MS: u32 = 10_000;
-
-/// The DOM Chromium renders at `url`, after the page's scripts have run.
-async fn rendered_dom(url: String) -> String {
-    let output = tokio::task::spawn_blocking(move || {
-        std::process::Command::new("chromium")
-            .args([
-                "--headless",
-                "--disable-gpu",
-                "--no-sandbox",
-                "--no-first-run",
-                "--disable-extensions",
-                &format!("--virtual-time-budget={SCRIPT_BUDGET_MS}"),
-                "--dump-dom",
-                &url,
-            ])
-            .output()
-    })
-    .await
-    .expect("the chromium task")
-    .expect("chromium runs (`apt-get install -y chromium`)");
-    assert!(
-        output.status.success(),
-        "chromium failed: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    String::from_utf8(output.stdout).expect("a UTF-8 DOM")
-}
 
 #[tokio::test]
 async fn the_docs_page_renders_every_operation_from_the_binary_alone() {
@@ -45,7 +19,10 @@ async fn the_docs_page_renders_every_operation_from_the_binary_alone() {
 
     let dom = tokio::time::timeout(
         Duration::from_secs(120),
-        rendered_dom(format!("http://127.0.0.1:{http_port}/docs")),
+        rendered_dom(
+            format!("http://127.0.0.1:{http_port}/docs"),
+            SCRIPT_BUDGET_MS,
+        ),
     )
     .await
     .expect("chromium renders the page within two minutes");

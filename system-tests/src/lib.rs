@@ -1,6 +1,7 @@
 //! Agora's three services wired to each other on ephemeral ports over one test
 //! database, with clients for each, as the system tests use them.
 
+pub mod browser;
 pub mod pki;
 pub mod postgres;
 pub mod process;
