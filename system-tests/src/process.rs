@@ -53,6 +53,20 @@ pub fn require_tools(tools: &[&str]) {
     }
 }
 
+/// [`require_tools`] for programs that answer no `--version`, such as the protoc
+/// plugins `grpc_java_plugin` and `grpc_python_plugin`: each must be a file in a
+/// folder of PATH.
+pub fn require_programs(programs: &[&str]) {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    for program in programs {
+        let found = std::env::split_paths(&path).any(|folder| folder.join(program).is_file());
+        assert!(
+            found,
+            "{program} is needed on PATH for this test; see proto/README.md"
+        );
+    }
+}
+
 /// A database of its own on the test server (`DATABASE_URL`), dropped by
 /// [`ScratchDatabase::drop_now`].
 pub struct ScratchDatabase {
@@ -477,9 +491,23 @@ pub fn readme_example(name: &str) -> String {
 }
 
 /// [`readme_example`] from `proto/README.md`, whose commands run from the
-/// repository's root.
+/// repository's root, or from `proto/` where it says so (see [`in_proto_copy`]).
 pub fn proto_readme_example(name: &str) -> String {
     example_in(include_str!("../../proto/README.md"), name)
+}
+
+/// A script that copies the `proto/` module (its `.proto` files and buf
+/// configuration, nothing generated) to `root/proto`, then runs `commands` there,
+/// so that what they generate in `proto/gen/` stays out of the working tree.
+pub fn in_proto_copy(root: &std::path::Path, commands: &str) -> String {
+    let proto = concat!(env!("CARGO_MANIFEST_DIR"), "/../proto");
+    format!(
+        "mkdir -p '{root}/proto'\n\
+         cp -R '{proto}/agora' '{proto}/google' '{proto}/buf.yaml' '{proto}/buf.gen.yaml' \
+         '{root}/proto/'\n\
+         cd '{root}/proto'\n{commands}",
+        root = root.display(),
+    )
 }
 
 fn example_in(readme: &str, name: &str) -> String {

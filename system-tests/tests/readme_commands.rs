@@ -168,3 +168,59 @@ async fn the_proto_readme_python_command_makes_stubs_that_import() {
     let _ = std::fs::remove_dir_all(&root);
     assert!(printed.contains("imported"), "{printed}");
 }
+
+/// proto/README.md's `buf generate`, as written, in a copy of `proto/`: stubs for
+/// every language of `buf.gen.yaml`, under the names the files' options give them
+/// (the Python ones import; the Java ones compile and run in the gateway's
+/// `java_client` test). Each one-language command makes exactly what the
+/// whole run makes for its language.
+#[tokio::test]
+async fn the_proto_readme_buf_generate_makes_stubs_for_every_language_alone_or_together() {
+    use system_tests::process::{
+        in_proto_copy, proto_readme_example, require_programs, require_tools, run_script,
+    };
+    require_tools(&[
+        "buf",
+        "protoc",
+        "python3",
+        "protoc-gen-go",
+        "protoc-gen-go-grpc",
+        "protoc-gen-es",
+    ]);
+    require_programs(&["grpc_python_plugin", "grpc_java_plugin"]);
+    let root = std::env::temp_dir().join(format!("agora-buf-gen-{}", uuid::Uuid::now_v7()));
+    let every = proto_readme_example("stubs-all");
+    let [python, java, go, typescript] =
+        ["stubs-python", "stubs-java", "stubs-go", "stubs-typescript"].map(proto_readme_example);
+    let commands = format!(
+        "{every}
+         (cd gen/python && PYTHONDONTWRITEBYTECODE=1 python3 -c 'import agora.posts.v1.posts_pb2_grpc, \
+           agora.auth.v1.users_pb2_grpc, agora.auth.v1.auth_pb2_grpc, \
+           agora.votes.v1.votes_pb2_grpc, agora.errors.v1.errors_pb2, \
+           google.rpc.error_details_pb2; print(\"python imported\")')
+         grep -l '^package postsv1$' gen/go/agora/posts/v1/posts.pb.go
+         grep -l '\"github.com/agora-social/agora/gen/go/agora/auth/v1\"' \
+           gen/go/agora/posts/v1/posts.pb.go
+         grep -l 'PostServiceClient' gen/go/agora/posts/v1/posts_grpc.pb.go
+         grep -l '^package social.agora.posts.v1;$' gen/java/social/agora/posts/v1/Post.java
+         grep -l 'class PostServiceGrpc' gen/java/social/agora/posts/v1/PostServiceGrpc.java
+         grep -l 'class Status ' gen/java/com/google/rpc/Status.java
+         grep -l 'export const PostService:' gen/es/agora/posts/v1/posts_pb.ts
+         mv gen every
+         {python}
+         {java}
+         {go}
+         {typescript}
+         diff -r every/python gen/python
+         diff -r every/java gen/java
+         diff -r -x google every/go gen/go
+         [ ! -e gen/go/google ]
+         diff -r every/es gen/es
+         echo 'one language alone: the same stubs'"
+    );
+    let printed = run_script(&in_proto_copy(&root, &commands)).await;
+    let _ = std::fs::remove_dir_all(&root);
+    for expected in ["python imported", "one language alone: the same stubs"] {
+        assert!(printed.contains(expected), "{expected:?} in:\n{printed}");
+    }
+}
