@@ -54,7 +54,8 @@ pub struct Rpc {
     /// on each other, and the gateway answers them UNIMPLEMENTED.
     pub public: bool,
     /// Whether it only reads, so that a call whose answer was lost can be sent
-    /// again without changing anything.
+    /// again without changing anything. The contract says so too, as
+    /// `idempotency_level = NO_SIDE_EFFECTS` (a test holds the two equal).
     pub read_only: bool,
 }
 
@@ -166,6 +167,28 @@ mod tests {
             assert_eq!(Rpc::at(&rpc.path()), Some(rpc));
         }
         assert_eq!(Rpc::at("/agora.posts.v1.PostService/Nope"), None);
+    }
+
+    #[test]
+    fn exactly_the_read_only_rpcs_are_declared_free_of_side_effects() {
+        use prost_types::method_options::IdempotencyLevel;
+        for file in file_descriptor_set().file {
+            for service in &file.service {
+                for method in &service.method {
+                    let path = format!("/{}.{}/{}", file.package(), service.name(), method.name());
+                    let Some(rpc) = Rpc::at(&path) else { continue };
+                    let declared = method
+                        .options
+                        .as_ref()
+                        .map(|options| options.idempotency_level());
+                    assert_eq!(
+                        declared == Some(IdempotencyLevel::NoSideEffects),
+                        rpc.read_only,
+                        "{path}: idempotency_level = NO_SIDE_EFFECTS exactly when read_only"
+                    );
+                }
+            }
+        }
         assert_eq!(Rpc::at("nonsense"), None);
     }
 }

@@ -110,7 +110,7 @@ async fn buf_curl_curl_and_connect_es_clients_speak_connect_to_the_gateway() {
     ))
     .await;
     assert!(
-        node.contains("connect-es client: 30 passed, 0 failed"),
+        node.contains("connect-es client: 40 passed, 0 failed"),
         "the generated connect-es client:\n{node}"
     );
 
@@ -160,7 +160,7 @@ async fn connect_web_in_a_browser_calls_the_gateway_from_another_origin() {
     gateway.terminate().await;
     database.drop_now().await;
     assert!(
-        dom.contains("connect-web in a browser: 20 passed, 0 failed"),
+        dom.contains("connect-web in a browser: 30 passed, 0 failed"),
         "the page's checks:\n{dom}"
     );
 }

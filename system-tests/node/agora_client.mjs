@@ -1,5 +1,6 @@
-// Agora through connect-es: connect-node's transport in JSON over HTTP/1.1 and
-// in binary over HTTP/2, and connect-web's over fetch (which Node has too), with
+// Agora through connect-es: connect-node's transport in JSON over HTTP/1.1, in
+// binary over HTTP/2, and with reads (GetPost, ListPosts) as GET requests, and
+// connect-web's over fetch (which Node has too), with
 // code generated from proto/ by protoc-gen-es (`npm run generate`, into gen/).
 //
 // Usage: node agora_client.mjs http://HOST:PORT
@@ -22,6 +23,7 @@ const { passed, failed } = await runChecks(
   {
     "JSON over HTTP/1.1": createConnectTransport({ baseUrl, httpVersion: "1.1" }),
     "binary over HTTP/2": createConnectTransport({ baseUrl, httpVersion: "2", useBinaryFormat: true }),
+    "reads as GET": createConnectTransport({ baseUrl, httpVersion: "1.1", useHttpGet: true }),
     "connect-web over fetch": createFetchTransport({ baseUrl }),
   },
   console.log,

@@ -20,6 +20,7 @@ try {
     {
       "connect-web, JSON": createConnectTransport({ baseUrl }),
       "connect-web, binary": createConnectTransport({ baseUrl, useBinaryFormat: true }),
+      "connect-web, reads as GET": createConnectTransport({ baseUrl, useHttpGet: true }),
     },
     print,
   );

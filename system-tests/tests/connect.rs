@@ -5,6 +5,7 @@
 //! `gateway/tests/connect_clients.rs`.
 
 use agora_proto::posts::v1 as posts;
+use base64::{Engine as _, engine::general_purpose::URL_SAFE_NO_PAD};
 use prost::Message as _;
 use reqwest::{Client, StatusCode};
 use serde_json::{Value, json};
@@ -438,4 +439,78 @@ async fn logins_over_connect_are_counted_per_client_address(pool: PgPool) {
             .as_str()
             .is_some_and(|t| !t.is_empty())
     );
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn reads_may_be_sent_as_get_and_writes_may_not(pool: PgPool) {
+    let (system, alice, post) = spawn_with_post(pool).await;
+    let GatewayAddresses { grpc, .. } = system.spawn_gateway(|_| {}).await;
+    let authorization = format!("Bearer {}", alice.token);
+    let get = |path: &str, query: Vec<(&str, String)>| {
+        let mut url = url::Url::parse(&format!("http://{grpc}/{path}")).expect("a URL");
+        url.query_pairs_mut().extend_pairs(query);
+        Client::new()
+            .get(url)
+            .header("authorization", &authorization)
+            .send()
+    };
+
+    let response = get(
+        "agora.posts.v1.PostService/GetPost",
+        vec![
+            ("connect", "v1".into()),
+            ("encoding", "json".into()),
+            ("message", json!({"id": post.id}).to_string()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let json: Value = response.json().await.unwrap();
+    assert_eq!(json["post"]["id"], post.id.as_str());
+
+    // Binary, in URL-safe base64 without padding.
+    let request = posts::ListPostsRequest {
+        page_size: 1,
+        ..Default::default()
+    };
+    // URL-safe base64 without padding, as connect-es writes it.
+    let encoded = URL_SAFE_NO_PAD.encode(request.encode_to_vec());
+    let response = get(
+        "agora.posts.v1.PostService/ListPosts",
+        vec![
+            ("encoding", "proto".into()),
+            ("base64", "1".into()),
+            ("message", encoded),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::OK);
+    let page = posts::ListPostsResponse::decode(response.bytes().await.unwrap()).unwrap();
+    assert_eq!(page.posts.len(), 1);
+
+    // A write is no GET; an unknown method is what a POST of it would be.
+    let response = get(
+        "agora.posts.v1.PostService/DeletePost",
+        vec![
+            ("encoding", "json".into()),
+            ("message", json!({"id": post.id}).to_string()),
+        ],
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert_eq!(response.headers()["allow"], "POST");
+    let still_there = system.get_post(&alice, &post.id).await;
+    assert!(still_there.is_ok(), "the refused GET deleted nothing");
+    let response = get(
+        "agora.posts.v1.PostService/Nope",
+        vec![("encoding", "json".into())],
+    )
+    .await
+    .unwrap();
+    assert_eq!(response.status(), StatusCode::NOT_IMPLEMENTED);
+    let error: Value = response.json().await.unwrap();
+    assert_eq!(reason(&error), "METHOD_NOT_FOUND");
 }

@@ -10,7 +10,7 @@ use serde::Serialize;
 use serde_json::Value;
 use tonic::{Code, Status};
 
-use super::schema::{Schema, message_to_json};
+use super::schema::{Schema, message_to_json_value};
 
 /// A Connect error, as its JSON is written.
 #[derive(Debug, Serialize)]
@@ -49,7 +49,7 @@ pub(crate) fn connect_error(status: &Status, schema: &Schema) -> ConnectError {
                 value: STANDARD_NO_PAD.encode(&detail.value),
                 debug: schema
                     .message(name)
-                    .and_then(|message| message_to_json(&detail.value, &message).ok()),
+                    .and_then(|message| message_to_json_value(&detail.value, &message).ok()),
             }
         })
         .collect();

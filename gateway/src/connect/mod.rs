@@ -7,8 +7,9 @@
 //! its answer is turned back:
 //!
 //! - unary (`application/json`, `application/proto`): one message in the body,
-//!   errors as HTTP statuses with a JSON body, metadata as headers (trailers as
-//!   `trailer-` headers);
+//!   or, for methods free of side effects, in a GET's query ([`get`]); errors as
+//!   HTTP statuses with a JSON body, metadata as headers (trailers as `trailer-`
+//!   headers);
 //! - streams (`application/connect+json`, `application/connect+proto`): messages
 //!   in the same 5-byte envelopes as gRPC's, each way, and the status with the
 //!   trailers in a last envelope. Any method is served so: server streams (health's
@@ -19,6 +20,7 @@
 //! reflection serves ([`schema`]).
 
 mod errors;
+mod get;
 mod schema;
 
 use std::{
@@ -112,7 +114,13 @@ where
         let layer = self.layer.clone();
         Box::pin(async move {
             Ok(match kind {
-                Kind::Unary(encoding) => unary(encoding, request, Grpc::new(inner), &layer).await,
+                Kind::Unary(encoding) => {
+                    unary(Some(encoding), request, Grpc::new(inner), &layer).await
+                }
+                Kind::Get => match get::refusal(&request, &layer.schema) {
+                    Some(refused) => refused,
+                    None => unary(None, request, Grpc::new(inner), &layer).await,
+                },
                 Kind::Stream(encoding) => stream(encoding, request, Grpc::new(inner), layer).await,
                 Kind::Unsupported => unsupported_media_type(&request),
             })
@@ -131,14 +139,20 @@ enum Encoding {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Kind {
     Unary(Encoding),
+    /// A unary call as a GET, its message in the query.
+    Get,
     Stream(Encoding),
     /// A POST that is neither gRPC, gRPC-Web nor Connect.
     Unsupported,
 }
 
 impl Kind {
-    /// `None` for gRPC and gRPC-Web, and anything but a POST.
+    /// `None` for gRPC and gRPC-Web, and for anything but a POST or a Connect
+    /// GET.
     fn of(request: &http::Request<Body>) -> Option<Kind> {
+        if request.method() == http::Method::GET {
+            return get::is_connect(request.uri()).then_some(Kind::Get);
+        }
         if request.method() != http::Method::POST {
             return None;
         }
@@ -183,9 +197,10 @@ fn unsupported_media_type(request: &http::Request<Body>) -> http::Response<Body>
     response
 }
 
-/// A unary call: one message in, one out, errors as HTTP statuses.
+/// A unary call: one message in, one out, errors as HTTP statuses. The message
+/// is the body, in `encoding`, or for a GET (`encoding` `None`) in the query.
 async fn unary<S>(
-    encoding: Encoding,
+    encoding: Option<Encoding>,
     request: http::Request<Body>,
     grpc: Grpc<S>,
     layer: &ConnectLayer,
@@ -211,17 +226,21 @@ where
                 Default::default(),
             ));
         }
-        let body = read_body(body, layer.max_message_bytes).await?;
+        let (encoding, body) = match encoding {
+            Some(encoding) => (encoding, read_body(body, layer.max_message_bytes).await?),
+            None => get::message(&parts.uri, layer.max_message_bytes)?,
+        };
         let message = match encoding {
             Encoding::Proto => body,
             Encoding::Json => json_to_message(&body, &method.input())?,
         };
-        Ok((grpc_request(&parts, tokio_stream::once(message))?, method))
+        let request = grpc_request(&parts, tokio_stream::once(message))?;
+        Ok((request, method, encoding))
     }
     .await
     .inspect_err(|status| log_refusal(&path, status));
     let answer = match prepared {
-        Ok((request, method)) => {
+        Ok((request, method, encoding)) => {
             async {
                 let (metadata, mut messages, _) = call(grpc, &method, request).await?.into_parts();
                 let message = messages
@@ -231,11 +250,9 @@ where
                 let trailers = messages.trailers().await?.unwrap_or_default();
                 let body = match encoding {
                     Encoding::Proto => message,
-                    Encoding::Json => message_to_json(&message, &method.output())?
-                        .to_string()
-                        .into(),
+                    Encoding::Json => message_to_json(&message, &method.output())?,
                 };
-                Ok((metadata, trailers, body))
+                Ok((metadata, trailers, body, encoding))
             }
             .await
         }
@@ -243,7 +260,7 @@ where
     };
 
     match answer {
-        Ok((metadata, trailers, body)) => {
+        Ok((metadata, trailers, body, encoding)) => {
             let mut response = http::Response::new(full(body));
             let headers = response.headers_mut();
             headers.insert(CONTENT_TYPE, encoding.unary_content_type());
@@ -567,8 +584,7 @@ impl Answers {
                 let next = match messages.message().await {
                     Ok(Some(message)) => match &this.output {
                         None => Ok(Some(message)),
-                        Some(output) => message_to_json(&message, output)
-                            .map(|json| Some(Bytes::from(json.to_string()))),
+                        Some(output) => message_to_json(&message, output).map(Some),
                     },
                     Ok(None) => Ok(None),
                     Err(status) => Err(status),

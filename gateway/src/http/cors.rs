@@ -18,7 +18,7 @@ pub(crate) fn grpc_web(allowed_origins: &[String]) -> CorsLayer {
     let header = HeaderName::from_static;
     CorsLayer::new()
         .allow_origin(origins(allowed_origins))
-        .allow_methods([Method::POST, Method::OPTIONS])
+        .allow_methods([Method::GET, Method::POST, Method::OPTIONS])
         .allow_headers([
             header("authorization"),
             header("connect-protocol-version"),
