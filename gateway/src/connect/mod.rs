@@ -22,20 +22,20 @@
 mod errors;
 mod get;
 mod schema;
+mod stream;
 
 use std::{
-    convert::Infallible,
     future::Future,
     pin::Pin,
-    sync::{Arc, Mutex},
+    sync::Arc,
     task::{Context, Poll},
     time::Duration,
 };
 
-use bytes::{Buf as _, BufMut as _, Bytes, BytesMut};
+use bytes::{Buf as _, BufMut as _, Bytes};
 use http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header::CONTENT_TYPE};
-use http_body_util::{BodyExt as _, Limited, StreamBody};
-use prost_reflect::{MessageDescriptor, MethodDescriptor};
+use http_body_util::{BodyExt as _, Limited};
+use prost_reflect::MethodDescriptor;
 use prost_types::FileDescriptorSet;
 use tonic::{
     Status,
@@ -50,6 +50,23 @@ use agora_proto::errors::ErrorReason;
 use schema::{Schema, json_to_message, message_to_json};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// The rest of the edge, which a Connect call is sent through as gRPC.
+trait Edge:
+    tonic::client::GrpcService<
+        Body,
+        ResponseBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+    >
+{
+}
+
+impl<S> Edge for S where
+    S: tonic::client::GrpcService<
+            Body,
+            ResponseBody: http_body::Body<Data = Bytes, Error: Into<BoxError>> + Send + 'static,
+        >
+{
+}
 
 /// Serves Connect calls through the service it wraps; passes everything else on.
 #[derive(Clone)]
@@ -121,7 +138,9 @@ where
                     Some(refused) => refused,
                     None => unary(None, request, Grpc::new(inner), &layer).await,
                 },
-                Kind::Stream(encoding) => stream(encoding, request, Grpc::new(inner), layer).await,
+                Kind::Stream(encoding) => {
+                    stream::stream(encoding, request, Grpc::new(inner), layer).await
+                }
                 Kind::Unsupported => unsupported_media_type(&request),
             })
         })
@@ -199,17 +218,12 @@ fn unsupported_media_type(request: &http::Request<Body>) -> http::Response<Body>
 
 /// A unary call: one message in, one out, errors as HTTP statuses. The message
 /// is the body, in `encoding`, or for a GET (`encoding` `None`) in the query.
-async fn unary<S>(
+async fn unary<S: Edge>(
     encoding: Option<Encoding>,
     request: http::Request<Body>,
     grpc: Grpc<S>,
     layer: &ConnectLayer,
-) -> http::Response<Body>
-where
-    S: tonic::client::GrpcService<Body>,
-    S::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
-    <S::ResponseBody as http_body::Body>::Error: Into<BoxError>,
-{
+) -> http::Response<Body> {
     let path = request.uri().path().to_owned();
     let (parts, body) = request.into_parts();
     let schema = &layer.schema;
@@ -281,75 +295,6 @@ where
     }
 }
 
-/// A streaming call: enveloped messages each way, then an end-of-stream
-/// envelope with the status and trailers. Always HTTP 200: the outcome is in
-/// that last envelope.
-async fn stream<S>(
-    encoding: Encoding,
-    request: http::Request<Body>,
-    grpc: Grpc<S>,
-    layer: ConnectLayer,
-) -> http::Response<Body>
-where
-    S: tonic::client::GrpcService<Body>,
-    S::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
-    <S::ResponseBody as http_body::Body>::Error: Into<BoxError>,
-{
-    let path = request.uri().path().to_owned();
-    let (parts, body) = request.into_parts();
-    let schema = layer.schema.clone();
-    // A request message that cannot be read ends the request stream; the call
-    // then ends with this error, whatever the service said.
-    let broken_request = Arc::new(Mutex::new(None));
-    let prepared = async {
-        refuse_compression(&parts.headers, "connect-content-encoding")?;
-        let method = schema.method(&path)?;
-        let requests = RequestMessages {
-            messages: Streaming::new_request(Raw, body, None, Some(layer.max_message_bytes)),
-            input: (encoding == Encoding::Json).then(|| method.input()),
-            broken: broken_request.clone(),
-        }
-        .into_stream();
-        Ok((grpc_request(&parts, requests)?, method))
-    }
-    .await
-    .inspect_err(|status| log_refusal(&path, status));
-    let started = match prepared {
-        Ok((request, method)) => call(grpc, &method, request)
-            .await
-            .map(|response| (response, method)),
-        Err(status) => Err(status),
-    };
-
-    let mut response_headers = HeaderMap::new();
-    let answers = match started {
-        Ok((response, method)) => {
-            let (metadata, messages, _) = response.into_parts();
-            copy_metadata(metadata, &mut response_headers, "");
-            Answers {
-                messages: Some(messages),
-                output: (encoding == Encoding::Json).then(|| method.output()),
-                end: None,
-                broken_request,
-                schema,
-            }
-        }
-        Err(status) => Answers {
-            messages: None,
-            output: None,
-            end: Some(Err(status)),
-            broken_request,
-            schema,
-        },
-    };
-    let mut response = http::Response::new(Body::new(StreamBody::new(answers.into_stream())));
-    *response.headers_mut() = response_headers;
-    response
-        .headers_mut()
-        .insert(CONTENT_TYPE, encoding.stream_content_type());
-    response
-}
-
 impl Encoding {
     fn unary_content_type(self) -> HeaderValue {
         HeaderValue::from_static(match self {
@@ -379,15 +324,12 @@ fn log_refusal(path: &str, status: &Status) {
 }
 
 /// Sends `request` as a gRPC call to `method` through the rest of the edge.
-async fn call<S, M>(
+async fn call<S: Edge, M>(
     mut grpc: Grpc<S>,
     method: &MethodDescriptor,
     request: tonic::Request<M>,
 ) -> Result<tonic::Response<Streaming<Bytes>>, Status>
 where
-    S: tonic::client::GrpcService<Body>,
-    S::ResponseBody: http_body::Body<Data = Bytes> + Send + 'static,
-    <S::ResponseBody as http_body::Body>::Error: Into<BoxError>,
     M: tokio_stream::Stream<Item = Bytes> + Send + 'static,
 {
     grpc.ready().await.map_err(|error| {
@@ -512,142 +454,6 @@ async fn read_body(body: Body, max_message_bytes: usize) -> Result<Bytes, Status
 
 fn full(bytes: Bytes) -> Body {
     Body::new(http_body_util::Full::new(bytes))
-}
-
-/// The request stream's messages for the gRPC call, transcoded from JSON when
-/// `input` is set.
-struct RequestMessages {
-    messages: Streaming<Bytes>,
-    input: Option<MessageDescriptor>,
-    broken: Arc<Mutex<Option<Status>>>,
-}
-
-impl RequestMessages {
-    fn into_stream(self) -> impl tokio_stream::Stream<Item = Bytes> + Send + 'static {
-        futures_util::stream::unfold(self, |mut this| async move {
-            let message = match this.messages.message().await {
-                Ok(Some(message)) => message,
-                Ok(None) => return None,
-                Err(status) => {
-                    *this.broken.lock().expect("not poisoned") = Some(status);
-                    return None;
-                }
-            };
-            let message = match &this.input {
-                None => message,
-                Some(input) => {
-                    let json = message.as_ref();
-                    match json_to_message(json, input) {
-                        Ok(message) => message,
-                        Err(status) => {
-                            *this.broken.lock().expect("not poisoned") = Some(status);
-                            return None;
-                        }
-                    }
-                }
-            };
-            Some((message, this))
-        })
-    }
-}
-
-/// A streaming call's answer: its messages as envelopes, then the end.
-struct Answers {
-    messages: Option<Streaming<Bytes>>,
-    output: Option<MessageDescriptor>,
-    /// How the call ended, once known.
-    end: Option<Result<MetadataMap, Status>>,
-    broken_request: Arc<Mutex<Option<Status>>>,
-    schema: Arc<Schema>,
-}
-
-/// The last envelope of a stream.
-#[derive(serde::Serialize)]
-struct EndOfStream {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    error: Option<errors::ConnectError>,
-    #[serde(skip_serializing_if = "std::collections::BTreeMap::is_empty")]
-    metadata: std::collections::BTreeMap<String, Vec<String>>,
-}
-
-/// Envelope flags.
-const END_STREAM: u8 = 0b10;
-
-impl Answers {
-    fn into_stream(
-        self,
-    ) -> impl tokio_stream::Stream<Item = Result<http_body::Frame<Bytes>, Infallible>> + Send + 'static
-    {
-        futures_util::stream::unfold(Some(self), |this| async move {
-            let mut this = this?;
-            if let Some(messages) = &mut this.messages {
-                let next = match messages.message().await {
-                    Ok(Some(message)) => match &this.output {
-                        None => Ok(Some(message)),
-                        Some(output) => message_to_json(&message, output).map(Some),
-                    },
-                    Ok(None) => Ok(None),
-                    Err(status) => Err(status),
-                };
-                match next {
-                    Ok(Some(message)) => {
-                        let frame = http_body::Frame::data(envelope(0, &message));
-                        return Some((Ok(frame), Some(this)));
-                    }
-                    Ok(None) => {
-                        let trailers = messages.trailers().await;
-                        this.end = Some(trailers.map(Option::unwrap_or_default));
-                    }
-                    Err(status) => this.end = Some(Err(status)),
-                }
-                this.messages = None;
-            }
-            let end = this.end_of_stream();
-            Some((Ok(http_body::Frame::data(envelope(END_STREAM, &end))), None))
-        })
-    }
-
-    /// The last envelope's JSON: `{"error": …, "metadata": …}`.
-    fn end_of_stream(&mut self) -> Bytes {
-        let broken = self.broken_request.lock().expect("not poisoned").take();
-        let end = match broken {
-            Some(status) => Err(status),
-            None => self.end.take().unwrap_or_else(|| Ok(MetadataMap::new())),
-        };
-        let (error, metadata) = match end {
-            Ok(trailers) => (None, trailers),
-            Err(status) => (
-                Some(errors::connect_error(&status, &self.schema)),
-                status.metadata().clone(),
-            ),
-        };
-        let mut headers = HeaderMap::new();
-        copy_metadata(metadata, &mut headers, "");
-        let metadata = headers
-            .keys()
-            .map(|name| {
-                let values = headers
-                    .get_all(name)
-                    .iter()
-                    .filter_map(|value| value.to_str().ok())
-                    .map(str::to_owned)
-                    .collect();
-                (name.as_str().to_owned(), values)
-            })
-            .collect();
-        let end = EndOfStream { error, metadata };
-        serde_json::to_vec(&end).expect("the end serializes").into()
-    }
-}
-
-/// One message in Connect's (and gRPC's) envelope: flags, big-endian length,
-/// message.
-fn envelope(flags: u8, message: &[u8]) -> Bytes {
-    let mut framed = BytesMut::with_capacity(5 + message.len());
-    framed.put_u8(flags);
-    framed.put_u32(message.len() as u32);
-    framed.put_slice(message);
-    framed.freeze()
 }
 
 /// Messages as they are on the wire: the edge's gRPC stack has the types.
