@@ -98,7 +98,7 @@ async fn buf_curl_curl_and_connect_es_clients_speak_connect_to_the_gateway() {
     assert!(!methods.contains("BatchGetUsers"), "{methods}");
     // A server stream, ended by buf curl's own timeout after the first message.
     let watched = run_script(&format!(
-        "buf curl --timeout 2s -d '{{\"service\": \"\"}}' \
+        "buf curl --http2-prior-knowledge --timeout 2s -d '{{\"service\": \"\"}}' \
          http://127.0.0.1:{grpc_port}/grpc.health.v1.Health/Watch || true"
     ))
     .await;
