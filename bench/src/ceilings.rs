@@ -87,7 +87,7 @@ pub async fn vote_pair(pool: &PgPool, post: Uuid, user: Uuid) -> Result<(), sqlx
              returning post_id
          )
          select (select count(*) from added) as added,
-                (select count(*) from votes.votes where post_id = $1) as before",
+                coalesce((select like_count from votes.like_counts where post_id = $1), 0) as before",
     )
     .bind(post)
     .bind(user)
@@ -98,7 +98,7 @@ pub async fn vote_pair(pool: &PgPool, post: Uuid, user: Uuid) -> Result<(), sqlx
              delete from votes.votes where post_id = $1 and user_id = $2 returning post_id
          )
          select (select count(*) from removed) as removed,
-                (select count(*) from votes.votes where post_id = $1) as before",
+                coalesce((select like_count from votes.like_counts where post_id = $1), 0) as before",
     )
     .bind(post)
     .bind(user)
@@ -147,10 +147,10 @@ async fn describe(
         .bind(owners)
         .fetch_all(pool);
     let counts = sqlx::query(
-        "select requested.id, count(votes.user_id), coalesce(bool_or(votes.user_id = $2), false)
-           from unnest($1::uuid[]) as requested (id)
-           left join votes.votes on votes.post_id = requested.id
-          group by requested.id",
+        "select requested.id, coalesce(counted.like_count, 0),
+                exists (select 1 from votes.votes where post_id = requested.id and user_id = $2)
+           from (select distinct id from unnest($1::uuid[]) as id) as requested
+           left join votes.like_counts as counted on counted.post_id = requested.id",
     )
     .bind(posts)
     .bind(viewer)

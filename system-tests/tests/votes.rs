@@ -578,3 +578,77 @@ async fn deleting_a_post_deletes_its_likes_and_no_others(pool: PgPool) {
         "no like left to remove: {status:?}"
     );
 }
+
+/// Posts whose kept like count (`votes.like_counts`, migration 0010) differs
+/// from their rows in `votes.votes`, with both figures.
+async fn miscounted_posts(system: &System) -> Vec<(Uuid, i64, i64)> {
+    sqlx::query_as(
+        "select coalesce(counted.post_id, stored.post_id),
+                coalesce(counted.like_count, 0), coalesce(stored.likes, 0)
+           from votes.like_counts as counted
+           full join (select post_id, count(*) as likes from votes.votes group by post_id) as stored
+             on stored.post_id = counted.post_id
+          where coalesce(counted.like_count, 0) <> coalesce(stored.likes, 0)",
+    )
+    .fetch_all(&system.pool)
+    .await
+    .expect("compare the counts")
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn kept_like_counts_stay_exact_through_races_and_cascaded_deletes(pool: PgPool) {
+    let (system, alice, post) = spawn_with_post(pool).await;
+    let other = system
+        .create_post(&alice, "Another", "Liked too", None)
+        .await
+        .unwrap();
+    let emails: Vec<String> = (0..12).map(|n| format!("fan{n}@example.com")).collect();
+    let fans = join_all(emails.iter().map(|email| system.sign_up(email))).await;
+
+    // Everyone likes both posts at once; then half take one like back while
+    // the author likes hers.
+    let likes = fans.iter().flat_map(|fan| {
+        [&post.id, &other.id].map(|post_id| system.vote(fan, post_id, VoteDirection::Add))
+    });
+    assert!(join_all(likes).await.iter().all(Result::is_ok));
+    let removals = fans[..6]
+        .iter()
+        .map(|fan| system.vote(fan, &post.id, VoteDirection::Remove));
+    let (removed, own) = tokio::join!(
+        join_all(removals),
+        system.vote(&alice, &post.id, VoteDirection::Add)
+    );
+    assert!(removed.iter().all(Result::is_ok) && own.is_ok());
+    assert_eq!(miscounted_posts(&system).await, []);
+    assert_eq!(
+        system.get_post(&alice, &post.id).await.unwrap().like_count,
+        Some(7)
+    );
+
+    // A deleted account's likes leave its counts with it (the cascade).
+    sqlx::query("delete from auth.users where id = $1::uuid")
+        .bind(&fans[11].id)
+        .execute(&system.pool)
+        .await
+        .unwrap();
+    assert_eq!(miscounted_posts(&system).await, []);
+    assert_eq!(
+        system.get_post(&alice, &post.id).await.unwrap().like_count,
+        Some(6)
+    );
+    assert_eq!(
+        system.get_post(&alice, &other.id).await.unwrap().like_count,
+        Some(11)
+    );
+
+    // A deleted post takes its count along.
+    system.delete_post(&alice, &post.id).await.unwrap();
+    let kept: i64 =
+        sqlx::query_scalar("select count(*) from votes.like_counts where post_id = $1::uuid")
+            .bind(&post.id)
+            .fetch_one(&system.pool)
+            .await
+            .unwrap();
+    assert_eq!(kept, 0, "no count outlives its post");
+    assert_eq!(miscounted_posts(&system).await, []);
+}

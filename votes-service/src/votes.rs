@@ -45,8 +45,9 @@ pub async fn vote(
 async fn add(conn: &mut PgConnection, post_id: Uuid, user_id: Uuid) -> Result<i64, ApiError> {
     // Only a post the voter may see can be liked: posts-service's read interface
     // says which (another person's draft is as if it did not exist). The foreign
-    // key catches a post deleted meanwhile. The count runs on the statement's
-    // snapshot, which does not hold the new row: hence the sum.
+    // key catches a post deleted meanwhile. The count (kept by a trigger, see
+    // migration 0010) is read on the statement's snapshot, which does not hold
+    // the new like: hence the sum.
     let outcome = sqlx::query!(
         r#"with added as (
                insert into votes.votes (post_id, user_id)
@@ -54,7 +55,8 @@ async fn add(conn: &mut PgConnection, post_id: Uuid, user_id: Uuid) -> Result<i6
                returning post_id
            )
            select (select count(*) from added) as "added!",
-                  (select count(*) from votes.votes where post_id = $1) as "before!""#,
+                  coalesce((select like_count from votes.like_counts where post_id = $1), 0)
+                    as "before!""#,
         post_id,
         user_id
     )
@@ -65,7 +67,7 @@ async fn add(conn: &mut PgConnection, post_id: Uuid, user_id: Uuid) -> Result<i6
             ErrorReason::AlreadyLiked,
             "you already like this post",
         )),
-        "votes_post_id_fkey" => Some(POST_NOT_FOUND),
+        "votes_post_id_fkey" | "like_counts_post_id_fkey" => Some(POST_NOT_FOUND),
         "votes_user_id_fkey" => Some(ApiError::account_deleted()),
         _ => None,
     })?;
@@ -81,7 +83,8 @@ async fn remove(conn: &mut PgConnection, post_id: Uuid, user_id: Uuid) -> Result
                delete from votes.votes where post_id = $1 and user_id = $2 returning post_id
            )
            select (select count(*) from removed) as "removed!",
-                  (select count(*) from votes.votes where post_id = $1) as "before!""#,
+                  coalesce((select like_count from votes.like_counts where post_id = $1), 0)
+                    as "before!""#,
         post_id,
         user_id
     )
@@ -106,11 +109,11 @@ pub async fn count(
     Ok(sqlx::query_as!(
         PostVotes,
         r#"select requested.id as "post_id!",
-                  count(votes.user_id) as "like_count!",
-                  coalesce(bool_or(votes.user_id = $2), false) as "liked_by_caller!"
-             from unnest($1::uuid[]) as requested (id)
-             left join votes.votes on votes.post_id = requested.id
-            group by requested.id"#,
+                  coalesce(counted.like_count, 0) as "like_count!",
+                  exists (select 1 from votes.votes
+                           where post_id = requested.id and user_id = $2) as "liked_by_caller!"
+             from (select distinct id from unnest($1::uuid[]) as id) as requested
+             left join votes.like_counts as counted on counted.post_id = requested.id"#,
         post_ids,
         user_id
     )
