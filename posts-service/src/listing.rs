@@ -103,68 +103,171 @@ pub struct Page {
     pub next_page_token: String,
 }
 
+/// How many of the newest posts (after the cursor) a search looks through in
+/// order before it asks the title index instead: a common word fills a page
+/// within a few dozen, and walking in order needs no sort; a rare one would
+/// make the walk read the whole table.
+const SEARCH_WALK_ROWS: i64 = 2_000;
+
+/// The shortest search the trigram index serves: shorter ones give it no
+/// trigram to look up, so they are always walked in order.
+const TRIGRAM_MIN_CHARS: usize = 3;
+
 /// The posts `caller` may see that match `query`: published ones and the caller's
-/// own drafts, newest first. One query, whatever the page size.
+/// own drafts, newest first. Each case has a statement whose plan does not
+/// depend on the values bound (so PostgreSQL's generic plans, used once a
+/// prepared statement has run a few times, are as good as its custom ones):
+///
+/// - no filter: the page's ids from `posts_listing_idx` alone, however many rows
+///   `skip` passes over, then the page's rows by id (an id array: a join here
+///   would be planned, generically, for any number of rows);
+/// - an owner: that owner's index;
+/// - a search: the newest posts walked in order, at most [`SEARCH_WALK_ROWS`] of
+///   them; if they do not fill the page, the trigram index finds every match
+///   and only those are sorted (a search under [`TRIGRAM_MIN_CHARS`] is walked to
+///   the end instead).
 pub async fn list(conn: &mut PgConnection, caller: Uuid, query: &Query) -> Result<Page, ApiError> {
     let (after, skip) = match &query.start {
         Start::After(cursor) => (Some(*cursor), 0),
         Start::Skip(skip) => (None, *skip),
     };
-    let pattern = query
-        .filter
-        .search
-        .as_deref()
-        .map(|search| format!("%{}%", escape_like(search)));
     // One row more than the page tells whether another page follows.
     let limit = query.page_size + 1;
     let (created_before, id_before) = (
         after.map(|cursor| cursor.create_time),
         after.map(|cursor| cursor.id),
     );
-    // An unfiltered list (the common one) has a statement of its own. In the
-    // catch-all one, PostgreSQL's generic plan (used once a prepared statement has
-    // run a few times) expects the optional filters to leave almost no rows and
-    // sorts the whole table; without them, its plan walks the index in order.
-    let mut posts = if query.filter.owner_id.is_none() && pattern.is_none() {
-        sqlx::query_as!(
-            PostRow,
-            r#"select id as "id!", owner_id as "owner_id!", title as "title!", content as "content!",
-                      published as "published!", create_time as "create_time!",
-                      update_time as "update_time!", revision as "revision!"
-                 from posts.visible_posts($1)
-                where ($2::timestamptz is null or (create_time, id) < ($2, $3::uuid))
-                order by create_time desc, id desc
-                limit $4 offset $5"#,
-            caller,
-            created_before,
-            id_before,
-            limit,
-            skip
-        )
-        .fetch_all(conn)
-        .await?
-    } else {
-        sqlx::query_as!(
-            PostRow,
-            r#"select id as "id!", owner_id as "owner_id!", title as "title!", content as "content!",
-                      published as "published!", create_time as "create_time!",
-                      update_time as "update_time!", revision as "revision!"
-                 from posts.visible_posts($1)
-                where ($2::uuid is null or owner_id = $2)
-                  and ($3::text is null or title ilike $3 escape '\')
-                  and ($4::timestamptz is null or (create_time, id) < ($4, $5::uuid))
-                order by create_time desc, id desc
-                limit $6 offset $7"#,
-            caller,
-            query.filter.owner_id,
-            pattern,
-            created_before,
-            id_before,
-            limit,
-            skip
-        )
-        .fetch_all(conn)
-        .await?
+    let owner = query.filter.owner_id;
+    let mut posts = match query.filter.search.as_deref() {
+        None => match owner {
+            None => {
+                sqlx::query_as!(
+                    PostRow,
+                    r#"select id, owner_id, title, content, published, create_time,
+                              update_time, revision
+                         from posts.posts
+                        where id = any (array(
+                                select id from posts.visible_posts($1)
+                                 where ($2::timestamptz is null or (create_time, id) < ($2, $3::uuid))
+                                 order by create_time desc, id desc
+                                 limit $4 offset $5))
+                        order by create_time desc, id desc"#,
+                    caller,
+                    created_before,
+                    id_before,
+                    limit,
+                    skip
+                )
+                .fetch_all(&mut *conn)
+                .await?
+            }
+            Some(owner) => {
+                sqlx::query_as!(
+                    PostRow,
+                    r#"select id as "id!", owner_id as "owner_id!", title as "title!",
+                              content as "content!", published as "published!",
+                              create_time as "create_time!", update_time as "update_time!",
+                              revision as "revision!"
+                         from posts.visible_posts($1)
+                        where owner_id = $2
+                          and ($3::timestamptz is null or (create_time, id) < ($3, $4::uuid))
+                        order by create_time desc, id desc
+                        limit $5 offset $6"#,
+                    caller,
+                    owner,
+                    created_before,
+                    id_before,
+                    limit,
+                    skip
+                )
+                .fetch_all(&mut *conn)
+                .await?
+            }
+        },
+        Some(search) => {
+            let pattern = format!("%{}%", escape_like(search));
+            let walked = sqlx::query_as!(
+                PostRow,
+                r#"select id as "id!", owner_id as "owner_id!", title as "title!",
+                          content as "content!", published as "published!",
+                          create_time as "create_time!", update_time as "update_time!",
+                          revision as "revision!"
+                     from (select * from posts.visible_posts($1)
+                            where ($2::uuid is null or owner_id = $2)
+                              and ($3::timestamptz is null or (create_time, id) < ($3, $4::uuid))
+                            order by create_time desc, id desc
+                            limit $5) as newest
+                    where title ilike $6 escape '\'
+                    order by create_time desc, id desc
+                    limit $7 offset $8"#,
+                caller,
+                owner,
+                created_before,
+                id_before,
+                SEARCH_WALK_ROWS,
+                pattern,
+                limit,
+                skip
+            )
+            .fetch_all(&mut *conn)
+            .await?;
+            if walked.len() as i64 == limit {
+                walked
+            } else if search.chars().count() >= TRIGRAM_MIN_CHARS {
+                // Materialized, so the trigram index finds the matches whatever
+                // the plan thinks of the order and the limit.
+                sqlx::query_as!(
+                    PostRow,
+                    r#"select id, owner_id, title, content, published, create_time,
+                              update_time, revision
+                         from posts.posts
+                        where id = any (array(
+                                with matches as materialized (
+                                    select id, create_time from posts.visible_posts($1)
+                                     where title ilike $2 escape '\'
+                                       and ($3::uuid is null or owner_id = $3)
+                                       and ($4::timestamptz is null
+                                            or (create_time, id) < ($4, $5::uuid))
+                                )
+                                select id from matches
+                                 order by create_time desc, id desc
+                                 limit $6 offset $7))
+                        order by create_time desc, id desc"#,
+                    caller,
+                    pattern,
+                    owner,
+                    created_before,
+                    id_before,
+                    limit,
+                    skip
+                )
+                .fetch_all(&mut *conn)
+                .await?
+            } else {
+                sqlx::query_as!(
+                    PostRow,
+                    r#"select id as "id!", owner_id as "owner_id!", title as "title!",
+                              content as "content!", published as "published!",
+                              create_time as "create_time!", update_time as "update_time!",
+                              revision as "revision!"
+                         from posts.visible_posts($1)
+                        where title ilike $2 escape '\'
+                          and ($3::uuid is null or owner_id = $3)
+                          and ($4::timestamptz is null or (create_time, id) < ($4, $5::uuid))
+                        order by create_time desc, id desc
+                        limit $6 offset $7"#,
+                    caller,
+                    pattern,
+                    owner,
+                    created_before,
+                    id_before,
+                    limit,
+                    skip
+                )
+                .fetch_all(&mut *conn)
+                .await?
+            }
+        }
     };
     let next_page_token = if posts.len() as i64 > query.page_size {
         posts.truncate(query.page_size as usize);

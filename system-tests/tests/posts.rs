@@ -1310,3 +1310,95 @@ async fn the_purge_deletes_request_ids_older_than_a_day_and_keeps_the_others(poo
         .unwrap();
     assert_eq!(kept, [recent]);
 }
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn a_search_finds_matches_behind_thousands_of_newer_posts_and_pages_through_them(
+    pool: PgPool,
+) {
+    // A search first walks the newest posts in order, then asks the trigram
+    // index for what the walk did not find (listing.rs): these matches lie
+    // behind 3,000 newer posts, beyond the walk.
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let bob = system.sign_up("bob@example.com").await;
+    for n in 0..13 {
+        let owner = if n % 2 == 0 { &alice } else { &bob };
+        system
+            .create_post(owner, &format!("Zebra sighting {n}"), "stripes", None)
+            .await
+            .unwrap();
+    }
+    system
+        .create_post(&alice, "An ox", "horns", None)
+        .await
+        .unwrap();
+    sqlx::query(
+        "update posts.posts set create_time = create_time - interval '1 day',
+                                update_time = update_time - interval '1 day'",
+    )
+    .execute(&system.pool)
+    .await
+    .unwrap();
+    insert_posts(&system, &bob, 3_000).await;
+
+    let search = |text: &str, owner_id: &str, page_token: String| ListPostsRequest {
+        search: text.to_owned(),
+        owner_id: owner_id.to_owned(),
+        page_token,
+        ..list(5)
+    };
+    let mut found = Vec::new();
+    let mut token = String::new();
+    loop {
+        let page = system
+            .list_posts(&alice, search("ZEBRA", "", token))
+            .await
+            .unwrap();
+        found.extend(page.posts.iter().map(|post| post.title.clone()));
+        token = page.next_page_token;
+        if token.is_empty() {
+            break;
+        }
+    }
+    let expected: Vec<String> = (0..13)
+        .rev()
+        .map(|n| format!("Zebra sighting {n}"))
+        .collect();
+    assert_eq!(found, expected, "every match, newest first, once");
+
+    // With an owner, and by skip as the course pages.
+    let alices = system
+        .list_posts(&alice, search("zebra", &alice.id, String::new()))
+        .await
+        .unwrap();
+    assert_eq!(
+        titles(&alices.posts),
+        [
+            "Zebra sighting 12",
+            "Zebra sighting 10",
+            "Zebra sighting 8",
+            "Zebra sighting 6",
+            "Zebra sighting 4"
+        ]
+    );
+    let skipped = system
+        .list_posts(
+            &alice,
+            ListPostsRequest {
+                skip: 10,
+                ..search("zebra", "", String::new())
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        titles(&skipped.posts),
+        ["Zebra sighting 2", "Zebra sighting 1", "Zebra sighting 0"]
+    );
+    // Too short for the trigram index: walked to the end instead.
+    let short = system
+        .list_posts(&alice, search("ox", "", String::new()))
+        .await
+        .unwrap();
+    assert_eq!(titles(&short.posts), ["An ox"]);
+}
