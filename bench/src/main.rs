@@ -13,6 +13,7 @@ mod load;
 mod memory;
 mod processes;
 mod report;
+mod scale;
 mod scenarios;
 mod seed;
 mod storm;
@@ -73,6 +74,15 @@ struct Args {
     /// Let the servers log at info level (else only warnings).
     #[arg(long)]
     verbose: bool,
+    /// Measure at size instead: the main reads and writes on 10,000 posts and on
+    /// this many (100,000 users either way), side by side, with each call's cost
+    /// ratio against its target.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(scale::SMALL..=50_000_000))]
+    posts: Option<u64>,
+    /// With `--posts`: keep the seeded datasets (`agora_bench_scale_<posts>`)
+    /// for the next run, and reuse those an earlier run kept.
+    #[arg(long, requires = "posts")]
+    keep: bool,
 }
 
 fn main() -> ExitCode {
@@ -101,6 +111,24 @@ fn main() -> ExitCode {
 /// The whole run on a scratch database, dropped whatever happens; gives the
 /// number of failed calls.
 async fn run(args: &Args) -> Result<u64, Box<dyn Error>> {
+    if let Some(posts) = args.posts {
+        let (results, failed) = scale::run(
+            &args.database_url,
+            posts,
+            args.keep,
+            args.concurrency as usize,
+            Duration::from_secs(args.seconds),
+            args.verbose,
+        )
+        .await?;
+        print!("{}", scale::report(&results));
+        if let Some(path) = &args.json {
+            let file = std::fs::File::create(path)
+                .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+            serde_json::to_writer_pretty(file, &results)?;
+        }
+        return Ok(failed);
+    }
     let (scratch, pool) = seed::Scratch::create(&args.database_url).await?;
     let outcome = measure(args, pool.clone(), &scratch.url).await;
     pool.close().await;

@@ -107,11 +107,16 @@ pub struct Page {
 /// order before it asks the title index instead: a common word fills a page
 /// within a few dozen, and walking in order needs no sort; a rare one would
 /// make the walk read the whole table.
-const SEARCH_WALK_ROWS: i64 = 2_000;
+const SEARCH_WALK_ROWS: i64 = 200;
 
 /// The shortest search the trigram index serves: shorter ones give it no
 /// trigram to look up, so they are always walked in order.
 const TRIGRAM_MIN_CHARS: usize = 3;
+
+/// The most matches the trigram index is asked for. Fewer are all of them, and
+/// sorting them is cheap; this many mean a word common in older posts, which a
+/// walk in order finds sooner.
+const TRIGRAM_MATCHES_AT_MOST: i64 = 1_000;
 
 /// The posts `caller` may see that match `query`: published ones and the caller's
 /// own drafts, newest first. Each case has a statement whose plan does not
@@ -123,9 +128,10 @@ const TRIGRAM_MIN_CHARS: usize = 3;
 ///   would be planned, generically, for any number of rows);
 /// - an owner: that owner's index;
 /// - a search: the newest posts walked in order, at most [`SEARCH_WALK_ROWS`] of
-///   them; if they do not fill the page, the trigram index finds every match
-///   and only those are sorted (a search under [`TRIGRAM_MIN_CHARS`] is walked to
-///   the end instead).
+///   them, their titles read from `posts_listing_idx` too; if they do not fill
+///   the page, the trigram index finds every match and only those are sorted;
+///   if it cannot (a search under [`TRIGRAM_MIN_CHARS`], or more than
+///   [`TRIGRAM_MATCHES_AT_MOST`] matches), the walk goes on, in the index alone.
 pub async fn list(conn: &mut PgConnection, caller: Uuid, query: &Query) -> Result<Page, ApiError> {
     let (after, skip) = match &query.start {
         Start::After(cursor) => (Some(*cursor), 0),
@@ -186,20 +192,66 @@ pub async fn list(conn: &mut PgConnection, caller: Uuid, query: &Query) -> Resul
         },
         Some(search) => {
             let pattern = format!("%{}%", escape_like(search));
-            let walked = sqlx::query_as!(
+            let trigram = search.chars().count() >= TRIGRAM_MIN_CHARS;
+            // One statement, three ways, each run only when the one before
+            // could not fill the page (PostgreSQL skips a branch whose
+            // one-time filter is false, and a CTE no one reads):
+            // 1. `walked`: the newest posts in order, at most
+            //    SEARCH_WALK_ROWS, titles from the index: common words;
+            // 2. `indexed`: the trigram index, if the search is long enough,
+            //    and if it finds under TRIGRAM_MATCHES_AT_MOST matches in all
+            //    (every one is then sorted): rare words;
+            // 3. the newest posts in order without a bound, titles still from
+            //    the index: short searches, and words common in old posts but
+            //    not in the newest.
+            sqlx::query_as!(
                 PostRow,
-                r#"select id as "id!", owner_id as "owner_id!", title as "title!",
-                          content as "content!", published as "published!",
-                          create_time as "create_time!", update_time as "update_time!",
-                          revision as "revision!"
-                     from (select * from posts.visible_posts($1)
-                            where ($2::uuid is null or owner_id = $2)
-                              and ($3::timestamptz is null or (create_time, id) < ($3, $4::uuid))
-                            order by create_time desc, id desc
-                            limit $5) as newest
-                    where title ilike $6 escape '\'
-                    order by create_time desc, id desc
-                    limit $7 offset $8"#,
+                r#"select id, owner_id, title, content, published, create_time,
+                          update_time, revision
+                     from posts.posts
+                    where id = any (array(
+                      with walked as materialized (
+                               select id, create_time
+                                 from (select id, create_time, title
+                                         from posts.visible_posts($1)
+                                        where ($2::uuid is null or owner_id = $2)
+                                          and ($3::timestamptz is null
+                                               or (create_time, id) < ($3, $4::uuid))
+                                        order by create_time desc, id desc
+                                        limit $5::bigint) as newest
+                                where title ilike $6 escape '\'
+                                order by create_time desc, id desc
+                                limit $7::bigint + $8::bigint),
+                           indexed as materialized (
+                               select id, create_time from posts.visible_posts($1)
+                                where title ilike $6 escape '\'
+                                  and ($2::uuid is null or owner_id = $2)
+                                  and ($3::timestamptz is null
+                                       or (create_time, id) < ($3, $4::uuid))
+                                limit $9::bigint),
+                           found as (
+                               select id, create_time from walked
+                                where (select count(*) from walked) = $7::bigint + $8::bigint
+                               union all
+                               select id, create_time from indexed
+                                where $10::boolean
+                                  and (select count(*) from walked) < $7::bigint + $8::bigint
+                                  and (select count(*) from indexed) < $9::bigint
+                               union all
+                               (select id, create_time from posts.visible_posts($1)
+                                 where (select count(*) from walked) < $7::bigint + $8::bigint
+                                   and (not $10::boolean
+                                        or (select count(*) from indexed) >= $9::bigint)
+                                   and title ilike $6 escape '\'
+                                   and ($2::uuid is null or owner_id = $2)
+                                   and ($3::timestamptz is null
+                                        or (create_time, id) < ($3, $4::uuid))
+                                 order by create_time desc, id desc
+                                 limit $7::bigint + $8::bigint))
+                      select id from found
+                       order by create_time desc, id desc
+                       limit $7::bigint offset $8::bigint))
+                    order by create_time desc, id desc"#,
                 caller,
                 owner,
                 created_before,
@@ -207,66 +259,12 @@ pub async fn list(conn: &mut PgConnection, caller: Uuid, query: &Query) -> Resul
                 SEARCH_WALK_ROWS,
                 pattern,
                 limit,
-                skip
+                skip,
+                TRIGRAM_MATCHES_AT_MOST,
+                trigram
             )
             .fetch_all(&mut *conn)
-            .await?;
-            if walked.len() as i64 == limit {
-                walked
-            } else if search.chars().count() >= TRIGRAM_MIN_CHARS {
-                // Materialized, so the trigram index finds the matches whatever
-                // the plan thinks of the order and the limit.
-                sqlx::query_as!(
-                    PostRow,
-                    r#"select id, owner_id, title, content, published, create_time,
-                              update_time, revision
-                         from posts.posts
-                        where id = any (array(
-                                with matches as materialized (
-                                    select id, create_time from posts.visible_posts($1)
-                                     where title ilike $2 escape '\'
-                                       and ($3::uuid is null or owner_id = $3)
-                                       and ($4::timestamptz is null
-                                            or (create_time, id) < ($4, $5::uuid))
-                                )
-                                select id from matches
-                                 order by create_time desc, id desc
-                                 limit $6 offset $7))
-                        order by create_time desc, id desc"#,
-                    caller,
-                    pattern,
-                    owner,
-                    created_before,
-                    id_before,
-                    limit,
-                    skip
-                )
-                .fetch_all(&mut *conn)
-                .await?
-            } else {
-                sqlx::query_as!(
-                    PostRow,
-                    r#"select id as "id!", owner_id as "owner_id!", title as "title!",
-                              content as "content!", published as "published!",
-                              create_time as "create_time!", update_time as "update_time!",
-                              revision as "revision!"
-                         from posts.visible_posts($1)
-                        where title ilike $2 escape '\'
-                          and ($3::uuid is null or owner_id = $3)
-                          and ($4::timestamptz is null or (create_time, id) < ($4, $5::uuid))
-                        order by create_time desc, id desc
-                        limit $6 offset $7"#,
-                    caller,
-                    pattern,
-                    owner,
-                    created_before,
-                    id_before,
-                    limit,
-                    skip
-                )
-                .fetch_all(&mut *conn)
-                .await?
-            }
+            .await?
         }
     };
     let next_page_token = if posts.len() as i64 > query.page_size {

@@ -1402,3 +1402,50 @@ async fn a_search_finds_matches_behind_thousands_of_newer_posts_and_pages_throug
         .unwrap();
     assert_eq!(titles(&short.posts), ["An ox"]);
 }
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn a_word_common_in_old_posts_only_is_found_by_walking_on(pool: PgPool) {
+    // More old matches than the trigram index is asked for (listing.rs): the
+    // search walks on in order past the newest posts, which do not match.
+    let system = spawn_system(pool).await;
+    let alice = system.sign_up("alice@example.com").await;
+    sqlx::query(
+        "insert into posts.posts (id, owner_id, title, content, create_time, update_time)
+         select gen_random_uuid(), $1::uuid, 'Old news ' || n, 'content',
+                now() - interval '1 day' - make_interval(secs => n),
+                now() - interval '1 day' - make_interval(secs => n)
+           from generate_series(0, 5199) as n",
+    )
+    .bind(&alice.id)
+    .execute(&system.pool)
+    .await
+    .unwrap();
+    insert_posts(&system, &alice, 600).await;
+
+    let page = system
+        .list_posts(
+            &alice,
+            ListPostsRequest {
+                search: "old news".into(),
+                ..list(3)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        titles(&page.posts),
+        ["Old news 0", "Old news 1", "Old news 2"]
+    );
+    let next = system
+        .list_posts(
+            &alice,
+            ListPostsRequest {
+                search: "old news".into(),
+                page_token: page.next_page_token,
+                ..list(2)
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(titles(&next.posts), ["Old news 3", "Old news 4"]);
+}
