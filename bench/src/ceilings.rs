@@ -32,10 +32,13 @@ pub async fn list_posts(
     // page tells whether another page follows.
     let rows = sqlx::query(
         r"select id, owner_id, title, content, published, create_time, update_time, revision
-             from posts.visible_posts($1)
-            where ($2::timestamptz is null or (create_time, id) < ($2, $3::uuid))
-            order by create_time desc, id desc
-            limit $4 offset $5",
+             from posts.posts
+            where id = any (array(
+                    select id from posts.visible_posts($1)
+                     where ($2::timestamptz is null or (create_time, id) < ($2, $3::uuid))
+                     order by create_time desc, id desc
+                     limit $4 offset $5))
+            order by create_time desc, id desc",
     )
     .bind(viewer)
     .bind(None::<OffsetDateTime>)
