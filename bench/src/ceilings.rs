@@ -150,10 +150,12 @@ async fn describe(
         .bind(owners)
         .fetch_all(pool);
     let counts = sqlx::query(
-        "select requested.id, coalesce(counted.like_count, 0),
-                exists (select 1 from votes.votes where post_id = requested.id and user_id = $2)
+        "select requested.id, coalesce(counted.like_count, 0), coalesce(mine.liked, false)
            from (select distinct id from unnest($1::uuid[]) as id) as requested
-           left join votes.like_counts as counted on counted.post_id = requested.id",
+           left join votes.like_counts as counted on counted.post_id = requested.id
+           left join lateral (select true as liked from votes.votes
+                               where post_id = requested.id and user_id = $2
+                               limit 1) as mine on true",
     )
     .bind(posts)
     .bind(viewer)

@@ -106,14 +106,19 @@ pub async fn count(
     post_ids: &[Uuid],
     user_id: Uuid,
 ) -> Result<Vec<PostVotes>, ApiError> {
+    // Whether the caller likes each post: one primary-key look-up per post (a
+    // lateral with a limit, which no plan turns into a scan of all the caller's
+    // likes, however many).
     Ok(sqlx::query_as!(
         PostVotes,
         r#"select requested.id as "post_id!",
                   coalesce(counted.like_count, 0) as "like_count!",
-                  exists (select 1 from votes.votes
-                           where post_id = requested.id and user_id = $2) as "liked_by_caller!"
+                  coalesce(mine.liked, false) as "liked_by_caller!"
              from (select distinct id from unnest($1::uuid[]) as id) as requested
-             left join votes.like_counts as counted on counted.post_id = requested.id"#,
+             left join votes.like_counts as counted on counted.post_id = requested.id
+             left join lateral (select true as liked from votes.votes
+                                 where post_id = requested.id and user_id = $2
+                                 limit 1) as mine on true"#,
         post_ids,
         user_id
     )
