@@ -20,7 +20,6 @@ use agora_proto::{
     },
     votes::v1::{VoteDirection, VoteRequest, vote_service_client::VoteServiceClient},
 };
-use futures::{StreamExt as _, TryStreamExt as _};
 use serde::Serialize;
 use sqlx::{Connection as _, PgConnection, postgres::PgConnectOptions};
 use tonic::{Request, transport::Channel};
@@ -29,8 +28,8 @@ use uuid::Uuid;
 use crate::{
     load::{CallError, Summary, closed_loop},
     processes::Servers,
-    scenarios::{grpc_error, login},
-    seed::PASSWORD,
+    scenarios::{bearer, grpc_error, log_in_callers},
+    seed,
 };
 
 /// The size every other is compared with.
@@ -194,24 +193,8 @@ impl Dataset {
 
     async fn seed(&self) -> Result<(), Box<dyn Error>> {
         let mut conn = PgConnection::connect(&self.url).await?;
-        let hash = {
-            use argon2::{Argon2, PasswordHasher as _};
-            Argon2::default()
-                .hash_password(PASSWORD.as_bytes())
-                .map_err(|error| format!("hashing the password: {error}"))?
-                .to_string()
-        };
+        seed::insert_users(&mut conn, USERS).await?;
         let (users, posts) = (USERS as i64, self.posts as i64);
-        sqlx::query(
-            "insert into auth.users (id, email, password_hash, password_normalization)
-             select ('00000000-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid,
-                    'user' || n || '@bench.example', $2, 'nfkc'
-               from generate_series(0, $1 - 1) as n",
-        )
-        .bind(users)
-        .bind(hash)
-        .execute(&mut conn)
-        .await?;
         // Post n is n seconds old, by user 1000 + n % 1000 (the benchmark's
         // callers, users 0 to 199, own none); every tenth (n % 10 = 3) a draft;
         // the ten "Zebra" posts spread evenly over the whole history.
@@ -282,16 +265,7 @@ impl Dataset {
     }
 
     async fn drop(&self) {
-        let dropped = async {
-            let mut conn = PgConnection::connect_with(&self.admin).await?;
-            let drop = format!("drop database if exists {} with (force)", self.name);
-            sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
-                .execute(&mut conn)
-                .await
-        };
-        if let Err(error) = dropped.await {
-            eprintln!("could not drop {}: {error}", self.name);
-        }
+        seed::drop_database(&self.admin, &self.name).await;
     }
 }
 
@@ -323,15 +297,7 @@ struct ScaleClient {
 
 impl ScaleClient {
     async fn log_in(servers: &Servers, callers: usize, posts: u64) -> Result<Self, Box<dyn Error>> {
-        let grpc = Channel::from_shared(format!("http://{}", servers.grpc))?
-            .connect()
-            .await?;
-        let at_once = std::thread::available_parallelism().map_or(1, usize::from);
-        let tokens = futures::stream::iter(0..callers)
-            .map(|caller| login(grpc.clone(), caller))
-            .buffered(at_once)
-            .try_collect()
-            .await?;
+        let (grpc, tokens) = log_in_callers(servers, callers).await?;
         let mut client = Self {
             grpc,
             tokens,
@@ -383,13 +349,7 @@ impl ScaleClient {
     }
 
     fn as_caller<T>(&self, caller: usize, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        let token = &self.tokens[caller % self.tokens.len()];
-        let value = format!("Bearer {token}")
-            .parse()
-            .expect("a token is valid metadata");
-        request.metadata_mut().insert("authorization", value);
-        request
+        bearer(&self.tokens[caller % self.tokens.len()], message)
     }
 
     async fn call(self: Arc<Self>, call: ScaleCall, caller: usize) -> Result<(), CallError> {

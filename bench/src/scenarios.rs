@@ -109,15 +109,7 @@ impl Client {
         servers: &Servers,
         callers: usize,
     ) -> Result<Arc<Self>, Box<dyn std::error::Error>> {
-        let grpc = Channel::from_shared(format!("http://{}", servers.grpc))?
-            .connect()
-            .await?;
-        let at_once = std::thread::available_parallelism().map_or(1, usize::from);
-        let tokens = futures::stream::iter(0..callers)
-            .map(|caller| token(grpc.clone(), caller))
-            .buffered(at_once)
-            .try_collect()
-            .await?;
+        let (grpc, tokens) = log_in_callers(servers, callers).await?;
         Ok(Arc::new(Self {
             pool,
             grpc,
@@ -247,13 +239,7 @@ impl Client {
 
     /// `message` with the caller's token.
     fn as_caller<T>(&self, caller: usize, message: T) -> Request<T> {
-        let mut request = Request::new(message);
-        let token = &self.tokens[caller % self.tokens.len()];
-        let value = format!("Bearer {token}")
-            .parse()
-            .expect("a token is valid metadata");
-        request.metadata_mut().insert("authorization", value);
-        request
+        bearer(&self.tokens[caller % self.tokens.len()], message)
     }
 
     /// Any of the seeded posts.
@@ -278,6 +264,34 @@ impl Client {
         z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
         (z ^ (z >> 31)) % bound
     }
+}
+
+/// A channel to the gateway, and the tokens of seeded users `0..callers`,
+/// logged in a few at a time.
+pub async fn log_in_callers(
+    servers: &Servers,
+    callers: usize,
+) -> Result<(Channel, Vec<String>), Box<dyn std::error::Error>> {
+    let grpc = Channel::from_shared(format!("http://{}", servers.grpc))?
+        .connect()
+        .await?;
+    let at_once = std::thread::available_parallelism().map_or(1, usize::from);
+    let tokens = futures::stream::iter(0..callers)
+        .map(|caller| token(grpc.clone(), caller))
+        .buffered(at_once)
+        .try_collect()
+        .await?;
+    Ok((grpc, tokens))
+}
+
+/// `message` with `token` as its bearer.
+pub fn bearer<T>(token: &str, message: T) -> Request<T> {
+    let mut request = Request::new(message);
+    let value = format!("Bearer {token}")
+        .parse()
+        .expect("a token is valid metadata");
+    request.metadata_mut().insert("authorization", value);
+    request
 }
 
 pub async fn login(grpc: Channel, caller: usize) -> Result<String, Status> {

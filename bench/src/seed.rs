@@ -64,17 +64,43 @@ impl Scratch {
     }
 
     pub async fn drop(self) {
-        let dropped = async {
-            let mut conn = PgConnection::connect_with(&self.admin).await?;
-            let drop = format!("drop database if exists {} with (force)", self.name);
-            sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
-                .execute(&mut conn)
-                .await
-        };
-        if let Err(error) = dropped.await {
-            eprintln!("could not drop the scratch database {}: {error}", self.name);
-        }
+        drop_database(&self.admin, &self.name).await;
     }
+}
+
+/// Drops database `name` on the server of `admin`, whoever is connected; says
+/// so when it cannot.
+pub async fn drop_database(admin: &PgConnectOptions, name: &str) {
+    let dropped = async {
+        let mut conn = PgConnection::connect_with(admin).await?;
+        let drop = format!("drop database if exists {name} with (force)");
+        sqlx::raw_sql(sqlx::AssertSqlSafe(drop))
+            .execute(&mut conn)
+            .await
+    };
+    if let Err(error) = dropped.await {
+        eprintln!("could not drop the database {name}: {error}");
+    }
+}
+
+/// Users `0..count`, `user<n>@bench.example`, all with one real argon2id hash
+/// of [`PASSWORD`], so logins verify as they would in production.
+pub async fn insert_users(conn: &mut PgConnection, count: u64) -> Result<(), Box<dyn Error>> {
+    let hash = Argon2::default()
+        .hash_password(PASSWORD.as_bytes())
+        .map_err(|error| format!("hashing the password: {error}"))?
+        .to_string();
+    sqlx::query(
+        "insert into auth.users (id, email, password_hash, password_normalization)
+         select ('00000000-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid,
+                'user' || n || '@bench.example', $2, 'nfkc'
+           from generate_series(0, $1 - 1) as n",
+    )
+    .bind(count as i64)
+    .bind(hash)
+    .execute(conn)
+    .await?;
+    Ok(())
 }
 
 /// 1,000 users, 10,000 published posts spread over them (newest first: post 0),
@@ -82,22 +108,8 @@ impl Scratch {
 /// statement after 3 seconds, and these take longer in a debug build.
 pub async fn seed(url: &str) -> Result<(), Box<dyn Error>> {
     let mut conn = PgConnection::connect(url).await?;
-    // One real hash for everyone, so logins verify as they would in production.
-    let hash = Argon2::default()
-        .hash_password(PASSWORD.as_bytes())
-        .map_err(|error| format!("hashing the password: {error}"))?
-        .to_string();
+    insert_users(&mut conn, USERS).await?;
     let (users, posts) = (USERS as i64, POSTS as i64);
-    sqlx::query(
-        "insert into auth.users (id, email, password_hash, password_normalization)
-         select ('00000000-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid,
-                'user' || n || '@bench.example', $2, 'nfkc'
-           from generate_series(0, $1 - 1) as n",
-    )
-    .bind(users)
-    .bind(hash)
-    .execute(&mut conn)
-    .await?;
     sqlx::query(
         "insert into posts.posts (id, owner_id, title, content, create_time, update_time)
          select ('00000001-0000-4000-8000-' || lpad(to_hex(n), 12, '0'))::uuid,
