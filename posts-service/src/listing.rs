@@ -109,8 +109,9 @@ pub struct Page {
 /// make the walk read the whole table.
 const SEARCH_WALK_ROWS: i64 = 200;
 
-/// The shortest search the trigram index serves: shorter ones give it no
-/// trigram to look up, so they are always walked in order.
+/// The trigram index serves a search holding a word (letters and digits) at
+/// least this long: other searches give it no trigram to look up, so they are
+/// always walked in order.
 const TRIGRAM_MIN_CHARS: usize = 3;
 
 /// The most matches the trigram index is asked for. Fewer are all of them, and
@@ -130,7 +131,7 @@ const TRIGRAM_MATCHES_AT_MOST: i64 = 1_000;
 /// - a search: the newest posts walked in order, at most [`SEARCH_WALK_ROWS`] of
 ///   them, their titles read from `posts_listing_idx` too; if they do not fill
 ///   the page, the trigram index finds every match and only those are sorted;
-///   if it cannot (a search under [`TRIGRAM_MIN_CHARS`], or more than
+///   if it cannot (no word of [`TRIGRAM_MIN_CHARS`] in the search, or more than
 ///   [`TRIGRAM_MATCHES_AT_MOST`] matches), the walk goes on, in the index alone.
 pub async fn list(conn: &mut PgConnection, caller: Uuid, query: &Query) -> Result<Page, ApiError> {
     let (after, skip) = match &query.start {
@@ -192,7 +193,9 @@ pub async fn list(conn: &mut PgConnection, caller: Uuid, query: &Query) -> Resul
         },
         Some(search) => {
             let pattern = format!("%{}%", escape_like(search));
-            let trigram = search.chars().count() >= TRIGRAM_MIN_CHARS;
+            let trigram = search
+                .split(|c: char| !c.is_alphanumeric())
+                .any(|word| word.chars().count() >= TRIGRAM_MIN_CHARS);
             // One statement, three ways, each run only when the one before
             // could not fill the page (PostgreSQL skips a branch whose
             // one-time filter is false, and a CTE no one reads):
