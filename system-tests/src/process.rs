@@ -471,15 +471,20 @@ pub async fn all_in_one_gateway(database_url: &str, env: Env) -> (Process, u16, 
 /// Picked at random below Linux's ephemeral range (32768 and up), not by binding
 /// port 0: a port from that range, free a moment ago, can be taken as the local
 /// port of any outgoing connection (to PostgreSQL, say) before the binary binds
-/// it, and tests start many binaries and connections at once.
+/// it, and tests start many binaries and connections at once. A port is handed
+/// out once per test process: tests running side by side would otherwise draw
+/// the same one now and then, and the second binary to bind it fails.
 pub fn free_port() -> u16 {
     use std::hash::{BuildHasher, Hasher};
+    static HANDED_OUT: Mutex<Vec<u16>> = Mutex::new(Vec::new());
     loop {
         // Each `RandomState` is seeded afresh: a random number without a crate.
         let mut random = std::collections::hash_map::RandomState::new().build_hasher();
         random.write_u8(0);
         let port = 20_000 + (random.finish() % 12_000) as u16;
-        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+        let mut handed_out = HANDED_OUT.lock().expect("not poisoned");
+        if !handed_out.contains(&port) && std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            handed_out.push(port);
             return port;
         }
     }
