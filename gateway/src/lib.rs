@@ -64,6 +64,12 @@ pub async fn main() -> std::process::ExitCode {
     }
     let config = Config::parse();
     service_kit::telemetry::init("gateway", config.common.log_format);
+    if !config.common.health_check
+        && let Err(error) = service_kit::metrics::install("gateway", &config.common.metrics)
+    {
+        tracing::error!(%error, "gateway cannot serve its metrics");
+        return std::process::ExitCode::FAILURE;
+    }
     service_kit::serve_or_check(
         "gateway",
         config.grpc_listen,

@@ -111,6 +111,8 @@ where
             edge: self.layer.edge && !housekeeping,
             housekeeping,
             logged: false,
+            method: crate::metrics::labels(path),
+            edge_role: self.layer.edge,
         };
         let future = span.in_scope(|| self.inner.call(request));
         Box::pin(
@@ -144,12 +146,19 @@ struct Ending {
     /// Health or reflection: every ending at debug.
     housekeeping: bool,
     logged: bool,
+    /// The method's service and name, as metric labels.
+    method: (&'static str, &'static str),
+    /// Whether this server is the edge (its calls are counted as such).
+    edge_role: bool,
 }
 
 impl Ending {
     fn log(&mut self, code: &str, why: Option<&str>) {
         self.logged = true;
-        let latency_ms = self.started.elapsed().as_millis() as u64;
+        let elapsed = self.started.elapsed();
+        let role = if self.edge_role { "edge" } else { "service" };
+        crate::metrics::record_call(self.method, code, role, elapsed);
+        let latency_ms = elapsed.as_millis() as u64;
         let at_info = !self.housekeeping && (self.edge || SERVER_FAULTS.contains(&code));
         self.span.in_scope(|| match (at_info, why) {
             (true, Some(why)) => tracing::info!(code, latency_ms, why, "rpc finished"),

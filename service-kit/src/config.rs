@@ -109,6 +109,9 @@ pub struct CommonArgs {
     /// Log line format.
     #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Text)]
     pub log_format: LogFormat,
+    /// Prometheus metrics.
+    #[command(flatten)]
+    pub metrics: crate::metrics::MetricsArgs,
     /// Instead of serving, ask the server at the listen address whether it is
     /// healthy and exit 0 only if so (for container healthchecks).
     #[arg(long)]

@@ -91,6 +91,7 @@ pub async fn connect(args: &DatabaseArgs) -> Result<PgPool, DatabaseError> {
         .connect_with(options.options(serving_limits()))
         .await
         .map_err(|source| classify(&url, source))?;
+    crate::metrics::watch_pool(pool.clone());
     Ok(pool)
 }
 

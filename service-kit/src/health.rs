@@ -57,6 +57,7 @@ where
         let up = tokio::time::timeout(PROBE_TIMEOUT, (self.probe)())
             .await
             .unwrap_or(false);
+        crate::metrics::record_upstream(self.dependency, up);
         let status = if up {
             ServingStatus::Serving
         } else {

@@ -13,6 +13,7 @@ pub mod error;
 pub mod fields;
 pub mod health;
 pub mod hop;
+pub mod metrics;
 pub mod pem_files;
 pub mod quota;
 pub mod request_ids;

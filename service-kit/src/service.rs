@@ -121,5 +121,11 @@ pub fn load_env_file() -> Result<(), EnvFileError> {
 pub async fn run<C: ServiceConfig>(config: C) -> ExitCode {
     let (listen, common) = config.server();
     crate::telemetry::init(C::NAME, common.log_format);
+    if !common.health_check
+        && let Err(error) = crate::metrics::install(C::NAME, &common.metrics)
+    {
+        tracing::error!(%error, "{} cannot serve its metrics", C::NAME);
+        return ExitCode::FAILURE;
+    }
     crate::serve_or_check(C::NAME, listen, common, build(&config)).await
 }

@@ -1,0 +1,68 @@
+//! Prometheus metrics from the real gateway binary: served at `METRICS_ADDR`,
+//! apart from the API's ports, with calls by method and status, the database
+//! pool and the health of the services behind it.
+
+use system_tests::process::{ScratchDatabase, all_in_one_gateway, free_port};
+
+/// The metrics page once `wanted` all appear in it (the pool and the upstreams
+/// are sampled every few seconds), or the last one seen.
+async fn metrics_with(url: &str, wanted: &[&str]) -> String {
+    let mut page = String::new();
+    for _ in 0..100 {
+        page = reqwest::get(url)
+            .await
+            .expect("the metrics address answers")
+            .text()
+            .await
+            .expect("a text page");
+        if wanted.iter().all(|line| page.contains(line)) {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    page
+}
+
+#[tokio::test]
+async fn the_gateway_serves_metrics_of_its_calls_pool_and_upstreams() {
+    let database = ScratchDatabase::new();
+    let metrics_port = free_port();
+    let (gateway, grpc_port, _) = all_in_one_gateway(
+        &database.url,
+        vec![("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))],
+    )
+    .await;
+
+    // One call through the edge (Connect, so plain HTTP does), refused for want
+    // of a token.
+    let status = reqwest::Client::new()
+        .post(format!(
+            "http://127.0.0.1:{grpc_port}/agora.posts.v1.PostService/GetPost"
+        ))
+        .header("content-type", "application/json")
+        .body(r#"{"id": "x"}"#)
+        .send()
+        .await
+        .unwrap()
+        .status();
+    assert_eq!(status, 401);
+
+    let wanted = [
+        r#"rpc_calls_total{binary="gateway",role="edge",service="agora.posts.v1.PostService",method="GetPost",code="UNAUTHENTICATED"} 1"#,
+        r#"rpc_duration_seconds_count{binary="gateway",role="edge",service="agora.posts.v1.PostService",method="GetPost"} 1"#,
+        r#"db_pool_connections{binary="gateway",state="open"}"#,
+        r#"db_pool_max_connections{binary="gateway"}"#,
+        r#"upstream_serving{binary="gateway",upstream="posts-service"} 1"#,
+        r#"upstream_serving{binary="gateway",upstream="auth-service"} 1"#,
+    ];
+    let page = metrics_with(&format!("http://127.0.0.1:{metrics_port}/metrics"), &wanted).await;
+    gateway.terminate().await;
+    database.drop_now().await;
+    for line in wanted {
+        assert!(page.contains(line), "{line} missing from:\n{page}");
+    }
+    assert!(
+        page.contains("# TYPE rpc_duration_seconds histogram"),
+        "latencies are a histogram:\n{page}"
+    );
+}
