@@ -173,9 +173,19 @@ impl TokenVerifier {
     /// Checks `token` (without the `Bearer ` prefix) and returns whose it is.
     pub async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
         if let Some(caller) = self.remembered(token) {
+            metrics::counter!("token_verifications_total", "outcome" => "remembered").increment(1);
             return Ok(caller);
         }
-        let (caller, kid) = self.verify_signature(token).await?;
+        let (caller, kid) = match self.verify_signature(token).await {
+            Ok(verified) => verified,
+            Err(error) => {
+                metrics::counter!("token_verifications_total",
+                    "outcome" => error.reason().reason())
+                .increment(1);
+                return Err(error);
+            }
+        };
+        metrics::counter!("token_verifications_total", "outcome" => "verified").increment(1);
         self.remember(token, caller, kid);
         Ok(caller)
     }

@@ -164,11 +164,12 @@ impl Passwords {
                 "the server is too busy hashing passwords to answer before the deadline",
             ));
         }
-        let place = hasher
-            .places
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| busy("the server is busy hashing passwords"))?;
+        let place = hasher.places.clone().try_acquire_owned().map_err(|_| {
+            metrics::counter!("password_hashes_refused_total").increment(1);
+            busy("the server is busy hashing passwords")
+        })?;
+        // Hashes running or waiting, this one among them.
+        metrics::gauge!("password_hashes_admitted").set((admitted + 1) as f64);
         Ok(Admission {
             hasher: hasher.clone(),
             place,
@@ -180,6 +181,7 @@ impl Admission {
     /// Waits for this call's turn to hash. Cancel-safe: a caller that gives up
     /// while waiting frees its place.
     pub async fn turn(self) -> Result<Turn, ApiError> {
+        let waiting = std::time::Instant::now();
         let running = self
             .hasher
             .running
@@ -187,6 +189,7 @@ impl Admission {
             .acquire_owned()
             .await
             .map_err(ApiError::internal)?;
+        metrics::histogram!("password_hash_wait_seconds").record(waiting.elapsed().as_secs_f64());
         Ok(Turn {
             hasher: self.hasher,
             permits: (self.place, running),
@@ -247,7 +250,12 @@ impl Turn {
                 let _permits = permits;
                 let started = Instant::now();
                 let result = span.in_scope(|| work(&hasher));
-                hasher.record(started.elapsed());
+                let took = started.elapsed();
+                hasher.record(took);
+                metrics::histogram!("password_hash_seconds").record(took.as_secs_f64());
+                // Running or waiting, this one no longer among them.
+                let admitted = hasher.capacity - hasher.places.available_permits();
+                metrics::gauge!("password_hashes_admitted").set(admitted.saturating_sub(1) as f64);
                 result
             })
             .await

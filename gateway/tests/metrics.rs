@@ -1,6 +1,7 @@
 //! Prometheus metrics from the real gateway binary: served at `METRICS_ADDR`,
 //! apart from the API's ports, with calls by method and status, the database
-//! pool and the health of the services behind it.
+//! pool, the health of the services behind it, token verifications and password
+//! hashing.
 
 use system_tests::process::{ScratchDatabase, all_in_one_gateway, free_port};
 
@@ -33,19 +34,30 @@ async fn the_gateway_serves_metrics_of_its_calls_pool_and_upstreams() {
     )
     .await;
 
-    // One call through the edge (Connect, so plain HTTP does), refused for want
-    // of a token.
-    let status = reqwest::Client::new()
-        .post(format!(
-            "http://127.0.0.1:{grpc_port}/agora.posts.v1.PostService/GetPost"
-        ))
-        .header("content-type", "application/json")
-        .body(r#"{"id": "x"}"#)
-        .send()
-        .await
-        .unwrap()
-        .status();
-    assert_eq!(status, 401);
+    // Calls through the edge (Connect, so plain HTTP does): one with a token
+    // that is no token, and a login of no one, which still hashes.
+    let call = |method: &str, token: Option<&str>, body: &'static str| {
+        let mut request = reqwest::Client::new()
+            .post(format!("http://127.0.0.1:{grpc_port}/{method}"))
+            .header("content-type", "application/json")
+            .body(body);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        request.send()
+    };
+    let refused = call(
+        "agora.posts.v1.PostService/GetPost",
+        Some("x"),
+        r#"{"id": "x"}"#,
+    );
+    assert_eq!(refused.await.unwrap().status(), 401);
+    let login = call(
+        "agora.auth.v1.AuthService/Login",
+        None,
+        r#"{"email": "nobody@example.com", "password": "correct horse battery"}"#,
+    );
+    assert_eq!(login.await.unwrap().status(), 401);
 
     let wanted = [
         r#"rpc_calls_total{binary="gateway",role="edge",service="agora.posts.v1.PostService",method="GetPost",code="UNAUTHENTICATED"} 1"#,
@@ -54,6 +66,10 @@ async fn the_gateway_serves_metrics_of_its_calls_pool_and_upstreams() {
         r#"db_pool_max_connections{binary="gateway"}"#,
         r#"upstream_serving{binary="gateway",upstream="posts-service"} 1"#,
         r#"upstream_serving{binary="gateway",upstream="auth-service"} 1"#,
+        r#"token_verifications_total{binary="gateway",outcome="TOKEN_MALFORMED"}"#,
+        r#"rpc_calls_total{binary="gateway",role="edge",service="agora.auth.v1.AuthService",method="Login",code="UNAUTHENTICATED"} 1"#,
+        r#"password_hash_seconds_count{binary="gateway"} 1"#,
+        r#"password_hashes_admitted{binary="gateway"} 0"#,
     ];
     let page = metrics_with(&format!("http://127.0.0.1:{metrics_port}/metrics"), &wanted).await;
     gateway.terminate().await;
