@@ -9,11 +9,11 @@ use base64::{
     engine::{DecodePaddingMode, GeneralPurpose, GeneralPurposeConfig},
 };
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode, Uri, header};
+use http::{StatusCode, Uri};
 use prost_reflect::MethodDescriptor;
 use tonic::{Status, body::Body};
 
-use super::{Encoding, schema::Schema};
+use super::{Encoding, plain_refusal, schema::Schema};
 use agora_proto::errors::ErrorReason;
 
 /// URL-safe base64, padded or not, as the protocol allows both.
@@ -38,15 +38,13 @@ pub(super) fn refusal(
     if free_of_side_effects(&method) {
         return None;
     }
-    tracing::info_span!("rpc", method = %request.uri().path())
-        .in_scope(|| tracing::info!("refused: a GET of a method with side effects"));
-    let mut response = http::Response::new(Body::new(http_body_util::Full::new(Bytes::from(
+    let response = plain_refusal(
+        request,
+        "refused: a GET of a method with side effects",
+        StatusCode::METHOD_NOT_ALLOWED,
+        ("allow", "POST"),
         format!("{} may change something: POST it\n", request.uri().path()),
-    ))));
-    *response.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
-    let headers = response.headers_mut();
-    headers.insert(header::ALLOW, HeaderValue::from_static("POST"));
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain"));
+    );
     Some(response)
 }
 

@@ -180,20 +180,25 @@ impl Kind {
             .get(CONTENT_TYPE)
             .and_then(|value| value.to_str().ok())
             .unwrap_or_default();
-        let essence = content_type
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        Some(match essence.as_str() {
-            grpc if grpc.starts_with("application/grpc") => return None,
-            "application/json" => Kind::Unary(Encoding::Json),
-            "application/proto" => Kind::Unary(Encoding::Proto),
-            "application/connect+json" => Kind::Stream(Encoding::Json),
-            "application/connect+proto" => Kind::Stream(Encoding::Proto),
-            _ => Kind::Unsupported,
-        })
+        // Compared without allocating: every gRPC call comes this way.
+        let essence = content_type.split(';').next().unwrap_or_default().trim();
+        let is = |expected: &str| essence.eq_ignore_ascii_case(expected);
+        let is_grpc = essence
+            .get(.."application/grpc".len())
+            .is_some_and(|start| start.eq_ignore_ascii_case("application/grpc"));
+        if is_grpc {
+            None
+        } else if is("application/json") {
+            Some(Kind::Unary(Encoding::Json))
+        } else if is("application/proto") {
+            Some(Kind::Unary(Encoding::Proto))
+        } else if is("application/connect+json") {
+            Some(Kind::Stream(Encoding::Json))
+        } else if is("application/connect+proto") {
+            Some(Kind::Stream(Encoding::Proto))
+        } else {
+            Some(Kind::Unsupported)
+        }
     }
 }
 
@@ -202,16 +207,30 @@ const ACCEPTED: &str = "application/json, application/proto, application/connect
      application/connect+proto, application/grpc, application/grpc-web";
 
 fn unsupported_media_type(request: &http::Request<Body>) -> http::Response<Body> {
-    tracing::info_span!("rpc", method = %request.uri().path()).in_scope(|| {
-        let content_type = request.headers().get(CONTENT_TYPE);
-        tracing::info!(?content_type, "refused: not gRPC, gRPC-Web nor Connect");
-    });
-    let mut response = http::Response::new(Body::new(http_body_util::Full::new(Bytes::from(
+    let content_type = request.headers().get(CONTENT_TYPE);
+    plain_refusal(
+        request,
+        &format!("refused: not gRPC, gRPC-Web nor Connect ({content_type:?})"),
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        ("accept-post", ACCEPTED),
         format!("this port takes gRPC, gRPC-Web and Connect: send content-type {ACCEPTED}\n"),
-    ))));
-    *response.status_mut() = StatusCode::UNSUPPORTED_MEDIA_TYPE;
+    )
+}
+
+/// A refusal made before any call, in plain text: logged as the call's one
+/// line, with `header` telling the client what would be taken.
+fn plain_refusal(
+    request: &http::Request<Body>,
+    why: &str,
+    status: StatusCode,
+    (name, value): (&'static str, &'static str),
+    text: String,
+) -> http::Response<Body> {
+    tracing::info_span!("rpc", method = %request.uri().path()).in_scope(|| tracing::info!("{why}"));
+    let mut response = http::Response::new(full(text.into()));
+    *response.status_mut() = status;
     let headers = response.headers_mut();
-    headers.insert("accept-post", HeaderValue::from_static(ACCEPTED));
+    headers.insert(name, HeaderValue::from_static(value));
     headers.insert(CONTENT_TYPE, HeaderValue::from_static("text/plain"));
     response
 }

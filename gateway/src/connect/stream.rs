@@ -94,28 +94,21 @@ struct RequestMessages {
 impl RequestMessages {
     fn into_stream(self) -> impl tokio_stream::Stream<Item = Bytes> + Send + 'static {
         futures_util::stream::unfold(self, |mut this| async move {
-            let message = match this.messages.message().await {
-                Ok(Some(message)) => message,
+            let next = match this.messages.message().await {
+                Ok(Some(message)) => match &this.input {
+                    None => Ok(message),
+                    Some(input) => json_to_message(&message, input),
+                },
                 Ok(None) => return None,
+                Err(status) => Err(status),
+            };
+            match next {
+                Ok(message) => Some((message, this)),
                 Err(status) => {
                     *this.broken.lock().expect("not poisoned") = Some(status);
-                    return None;
+                    None
                 }
-            };
-            let message = match &this.input {
-                None => message,
-                Some(input) => {
-                    let json = message.as_ref();
-                    match json_to_message(json, input) {
-                        Ok(message) => message,
-                        Err(status) => {
-                            *this.broken.lock().expect("not poisoned") = Some(status);
-                            return None;
-                        }
-                    }
-                }
-            };
-            Some((message, this))
+            }
         })
     }
 }
@@ -150,14 +143,15 @@ impl Answers {
         futures_util::stream::unfold(Some(self), |this| async move {
             let mut this = this?;
             if let Some(messages) = &mut this.messages {
-                let next = match messages.message().await {
-                    Ok(Some(message)) => match &this.output {
-                        None => Ok(Some(message)),
-                        Some(output) => message_to_json(&message, output).map(Some),
-                    },
-                    Ok(None) => Ok(None),
-                    Err(status) => Err(status),
-                };
+                let output = &this.output;
+                let next = messages.message().await.and_then(|message| {
+                    message
+                        .map(|message| match output {
+                            None => Ok(message),
+                            Some(output) => message_to_json(&message, output),
+                        })
+                        .transpose()
+                });
                 match next {
                     Ok(Some(message)) => {
                         let frame = http_body::Frame::data(envelope(0, &message));
