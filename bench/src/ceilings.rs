@@ -28,9 +28,16 @@ pub async fn list_posts(
     page_size: i64,
     skip: i64,
 ) -> Result<(), sqlx::Error> {
-    // posts-service's statement for an unfiltered list; one row more than the
-    // page tells whether another page follows.
-    let rows = sqlx::query(
+    // posts-service's statements for an unfiltered list (a page that skips
+    // nothing straight from the index; one that skips, by ids first); one row
+    // more than the page tells whether another page follows.
+    let statement = if skip == 0 {
+        r"select id, owner_id, title, content, published, create_time, update_time, revision
+             from posts.visible_posts($1)
+            where ($2::timestamptz is null or (create_time, id) < ($2, $3::uuid))
+            order by create_time desc, id desc
+            limit $4"
+    } else {
         r"select id, owner_id, title, content, published, create_time, update_time, revision
              from posts.posts
             where id = any (array(
@@ -38,15 +45,15 @@ pub async fn list_posts(
                      where ($2::timestamptz is null or (create_time, id) < ($2, $3::uuid))
                      order by create_time desc, id desc
                      limit $4 offset $5))
-            order by create_time desc, id desc",
-    )
-    .bind(viewer)
-    .bind(None::<OffsetDateTime>)
-    .bind(None::<Uuid>)
-    .bind(page_size + 1)
-    .bind(skip)
-    .fetch_all(pool)
-    .await?;
+            order by create_time desc, id desc"
+    };
+    let query = sqlx::query(statement)
+        .bind(viewer)
+        .bind(None::<OffsetDateTime>)
+        .bind(None::<Uuid>)
+        .bind(page_size + 1);
+    let query = if skip == 0 { query } else { query.bind(skip) };
+    let rows = query.fetch_all(pool).await?;
     let page = &rows[..rows.len().min(page_size as usize)];
     let mut owners = Vec::with_capacity(page.len());
     let mut posts = Vec::with_capacity(page.len());

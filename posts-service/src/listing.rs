@@ -124,9 +124,10 @@ const TRIGRAM_MATCHES_AT_MOST: i64 = 1_000;
 /// depend on the values bound (so PostgreSQL's generic plans, used once a
 /// prepared statement has run a few times, are as good as its custom ones):
 ///
-/// - no filter: the page's ids from `posts_listing_idx` alone, however many rows
-///   `skip` passes over, then the page's rows by id (an id array: a join here
-///   would be planned, generically, for any number of rows);
+/// - no filter: the first page, or one after a token, straight from
+///   `posts_listing_idx`'s walk; with a `skip`, the page's ids from that index
+///   alone, however many rows it passes over, then the page's rows by id (an id
+///   array: a join here would be planned, generically, for any number of rows);
 /// - an owner: that owner's index;
 /// - a search: the newest posts walked in order, at most [`SEARCH_WALK_ROWS`] of
 ///   them, their titles read from `posts_listing_idx` too; if they do not fill
@@ -147,6 +148,27 @@ pub async fn list(conn: &mut PgConnection, caller: Uuid, query: &Query) -> Resul
     let owner = query.filter.owner_id;
     let mut posts = match query.filter.search.as_deref() {
         None => match owner {
+            // From the top or after a token: the rows straight from the index
+            // walk, the cheapest for a page that skips nothing.
+            None if skip == 0 => {
+                sqlx::query_as!(
+                    PostRow,
+                    r#"select id as "id!", owner_id as "owner_id!", title as "title!",
+                              content as "content!", published as "published!",
+                              create_time as "create_time!", update_time as "update_time!",
+                              revision as "revision!"
+                         from posts.visible_posts($1)
+                        where ($2::timestamptz is null or (create_time, id) < ($2, $3::uuid))
+                        order by create_time desc, id desc
+                        limit $4"#,
+                    caller,
+                    created_before,
+                    id_before,
+                    limit
+                )
+                .fetch_all(&mut *conn)
+                .await?
+            }
             None => {
                 sqlx::query_as!(
                     PostRow,
