@@ -44,7 +44,11 @@ pub async fn main() -> std::process::ExitCode {
     match &config.command {
         None => service_kit::service::run(config).await,
         Some(command) => {
-            service_kit::telemetry::init(<Config as ServiceConfig>::NAME, config.common.log_format);
+            let name = <Config as ServiceConfig>::NAME;
+            if let Err(error) = service_kit::telemetry::init(name, config.common.log_format) {
+                tracing::error!(%error, "{name} cannot start");
+                return std::process::ExitCode::FAILURE;
+            }
             key_commands::run(&config, command).await
         }
     }

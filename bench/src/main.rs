@@ -17,6 +17,7 @@ mod scale;
 mod scenarios;
 mod seed;
 mod storm;
+mod tracing_cost;
 
 use std::{error::Error, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
@@ -79,6 +80,16 @@ struct Args {
     /// ratio against its target.
     #[arg(long, value_parser = clap::value_parser!(u64).range(scale::SMALL..=50_000_000))]
     posts: Option<u64>,
+    /// Measure instead what traces cost: GetPost, the first page, CreatePost and
+    /// Vote by gRPC and HTTP, through servers with traces off, by default, with
+    /// export on and sampling off, and with every call exported, in turns.
+    #[arg(long, conflicts_with_all = ["posts", "storm_only"])]
+    tracing_cost: bool,
+    /// With `--tracing-cost`: rounds of the four modes; each figure is the
+    /// median of its rounds.
+    #[arg(long, default_value_t = 3, requires = "tracing_cost",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    tracing_rounds: u64,
     /// With `--posts`: keep the seeded datasets (`agora_bench_scale_<posts>`)
     /// for the next run, and reuse those an earlier run kept.
     #[arg(long, requires = "posts")]
@@ -130,7 +141,11 @@ async fn run(args: &Args) -> Result<u64, Box<dyn Error>> {
         return Ok(failed);
     }
     let (scratch, pool) = seed::Scratch::create(&args.database_url).await?;
-    let outcome = measure(args, pool.clone(), &scratch.url).await;
+    let outcome = if args.tracing_cost {
+        tracing_cost(args, pool.clone(), &scratch.url).await
+    } else {
+        measure(args, pool.clone(), &scratch.url).await
+    };
     pool.close().await;
     scratch.drop().await;
     outcome
@@ -190,6 +205,22 @@ async fn measure(args: &Args, pool: sqlx::PgPool, url: &str) -> Result<u64, Box<
         serde_json::to_writer_pretty(file, &results)?;
     }
     Ok(results.failures())
+}
+
+async fn tracing_cost(args: &Args, pool: sqlx::PgPool, url: &str) -> Result<u64, Box<dyn Error>> {
+    seed::seed(url).await?;
+    let report = tracing_cost::run(
+        pool,
+        url,
+        args.split,
+        args.concurrency as usize,
+        Duration::from_secs(args.seconds),
+        args.tracing_rounds as usize,
+        args.verbose,
+    )
+    .await?;
+    print!("{report}");
+    Ok(0)
 }
 
 /// A few calls of each kind by each path, so that caches, pools and connections

@@ -96,6 +96,16 @@ impl Servers {
         database_url: &str,
         verbose: bool,
     ) -> Result<Self, Box<dyn Error>> {
+        Self::start_with(split, database_url, verbose, &[]).await
+    }
+
+    /// [`Servers::start`], with more environment variables for every server.
+    pub async fn start_with(
+        split: bool,
+        database_url: &str,
+        verbose: bool,
+        env: &[(&str, String)],
+    ) -> Result<Self, Box<dyn Error>> {
         let mut servers = Self {
             running: Vec::new(),
             grpc: free_port()?,
@@ -116,7 +126,8 @@ impl Servers {
                 // Inherited upstream URLs would change the topology.
                 .env_remove("AUTH_SERVICE_URL")
                 .env_remove("POSTS_SERVICE_URL")
-                .env_remove("VOTES_SERVICE_URL");
+                .env_remove("VOTES_SERVICE_URL")
+                .envs(env.iter().map(|(name, value)| (*name, value.as_str())));
             Ok::<_, std::io::Error>(command)
         };
         let mut gateway = server(Role::Gateway)?;

@@ -63,7 +63,10 @@ pub async fn main() -> std::process::ExitCode {
         return std::process::ExitCode::FAILURE;
     }
     let config = Config::parse();
-    service_kit::telemetry::init("gateway", config.common.log_format);
+    if let Err(error) = service_kit::telemetry::init("gateway", config.common.log_format) {
+        tracing::error!(%error, "gateway cannot start");
+        return std::process::ExitCode::FAILURE;
+    }
     if !config.common.health_check
         && let Err(error) = service_kit::metrics::install("gateway", &config.common.metrics)
     {

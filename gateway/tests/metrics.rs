@@ -1,5 +1,6 @@
 //! Prometheus metrics from the real gateway binary: served at `METRICS_ADDR`,
-//! apart from the API's ports, with calls by method and status, the database
+//! apart from the API's ports, with calls by method and status (and the
+//! facade's requests by route and status), the database
 //! pool, the health of the services behind it, token verifications and password
 //! hashing.
 
@@ -28,7 +29,7 @@ async fn metrics_with(url: &str, wanted: &[&str]) -> String {
 async fn the_gateway_serves_metrics_of_its_calls_pool_and_upstreams() {
     let database = ScratchDatabase::new();
     let metrics_port = free_port();
-    let (gateway, grpc_port, _) = all_in_one_gateway(
+    let (gateway, grpc_port, http_port) = all_in_one_gateway(
         &database.url,
         vec![("METRICS_ADDR", format!("127.0.0.1:{metrics_port}"))],
     )
@@ -59,7 +60,16 @@ async fn the_gateway_serves_metrics_of_its_calls_pool_and_upstreams() {
     );
     assert_eq!(login.await.unwrap().status(), 401);
 
+    // And one request to the facade, refused for its token.
+    let facade = reqwest::Client::new()
+        .get(format!("http://127.0.0.1:{http_port}/posts/x"))
+        .bearer_auth("x")
+        .send();
+    assert_eq!(facade.await.unwrap().status(), 401);
+
     let wanted = [
+        r#"http_requests_total{binary="gateway",method="GET",route="/posts/{id}",status="401"} 1"#,
+        r#"http_request_duration_seconds_count{binary="gateway",method="GET",route="/posts/{id}"} 1"#,
         r#"rpc_calls_total{binary="gateway",role="edge",service="agora.posts.v1.PostService",method="GetPost",code="UNAUTHENTICATED"} 1"#,
         r#"rpc_duration_seconds_count{binary="gateway",role="edge",service="agora.posts.v1.PostService",method="GetPost"} 1"#,
         r#"db_pool_connections{binary="gateway",state="open"}"#,

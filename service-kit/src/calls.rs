@@ -19,6 +19,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use opentelemetry::context::FutureExt as _;
 use tower::{Layer, Service};
 use tracing::{Instrument, Span};
 
@@ -99,6 +100,13 @@ where
         let path = request.uri().path();
         let housekeeping = HOUSEKEEPING.iter().any(|prefix| path.starts_with(prefix));
         let span = tracing::info_span!("rpc", method = %path);
+        // Housekeeping is not traced: a probe every few seconds is no request.
+        let trace = (!housekeeping).then(|| {
+            crate::traces::start_server_span(
+                path.trim_start_matches('/').to_owned(),
+                request.headers(),
+            )
+        });
         let timeout = request
             .headers()
             .get("grpc-timeout")
@@ -113,26 +121,29 @@ where
             logged: false,
             method: crate::metrics::labels(path),
             edge_role: self.layer.edge,
+            trace: trace.clone(),
         };
         let future = span.in_scope(|| self.inner.call(request));
-        Box::pin(
-            async move {
-                let result = future.await;
-                // An error here is the transport's; tonic answers it as UNKNOWN.
-                let code = match &result {
-                    Ok(response) => response
-                        .headers()
-                        // An error comes back trailers-only: its status is a header.
-                        .get("grpc-status")
-                        .and_then(|value| value.to_str().ok())
-                        .unwrap_or("0"),
-                    Err(_) => "2",
-                };
-                ending.log(code, None);
-                result
-            }
-            .instrument(span),
-        )
+        let call = async move {
+            let result = future.await;
+            // An error here is the transport's; tonic answers it as UNKNOWN.
+            let code = match &result {
+                Ok(response) => response
+                    .headers()
+                    // An error comes back trailers-only: its status is a header.
+                    .get("grpc-status")
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or("0"),
+                Err(_) => "2",
+            };
+            ending.log(code, None);
+            result
+        }
+        .instrument(span);
+        match trace {
+            Some(trace) => Box::pin(call.with_context(trace)),
+            None => Box::pin(call),
+        }
     }
 }
 
@@ -150,6 +161,8 @@ struct Ending {
     method: (&'static str, &'static str),
     /// Whether this server is the edge (its calls are counted as such).
     edge_role: bool,
+    /// The call's span in its trace; none for housekeeping.
+    trace: Option<opentelemetry::Context>,
 }
 
 impl Ending {
@@ -159,7 +172,14 @@ impl Ending {
         let role = if self.edge_role { "edge" } else { "service" };
         crate::metrics::record_call(self.method, code, role, elapsed);
         let latency_ms = elapsed.as_millis() as u64;
-        let at_info = !self.housekeeping && (self.edge || SERVER_FAULTS.contains(&code));
+        let fault = SERVER_FAULTS.contains(&code);
+        let at_info = !self.housekeeping && (self.edge || fault);
+        // A call dropped unanswered ends outside its future: its trace is
+        // attached again, so its line carries the trace id.
+        let _attached = self.trace.as_ref().map(|trace| trace.clone().attach());
+        if let Some(trace) = &self.trace {
+            crate::traces::end_rpc_span(trace, code, fault);
+        }
         self.span.in_scope(|| match (at_info, why) {
             (true, Some(why)) => tracing::info!(code, latency_ms, why, "rpc finished"),
             (true, None) => tracing::info!(code, latency_ms, "rpc finished"),

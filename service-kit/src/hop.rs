@@ -55,14 +55,31 @@ impl Service<http::Request<Body>> for Hop {
         Poll::Ready(Ok(()))
     }
 
-    fn call(&mut self, request: http::Request<Body>) -> Self::Future {
-        match &self.local {
+    fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
+        let name = request.uri().path().trim_start_matches('/').to_owned();
+        let trace = crate::traces::start_client_span(name, request.headers_mut());
+        let response: Self::Future = match &self.local {
             Some(local) if local.is_serving() => Box::pin(local.clone().call(request)),
             _ => {
                 let channel = self.channel.clone();
                 Box::pin(async move { channel.oneshot(request).await.map_err(Into::into) })
             }
-        }
+        };
+        Box::pin(async move {
+            let result = response.await;
+            // A status in the headers is an error answered trailers-only; an
+            // answer's own status follows its messages.
+            let code = match &result {
+                Ok(response) => response
+                    .headers()
+                    .get("grpc-status")
+                    .and_then(|value| value.to_str().ok())
+                    .unwrap_or("0"),
+                Err(_) => "14",
+            };
+            crate::traces::end_rpc_span(&trace, code, code != "0");
+            result
+        })
     }
 }
 

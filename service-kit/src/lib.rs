@@ -1,6 +1,6 @@
 //! What every Agora gRPC server shares, so that each service crate holds only its
 //! own rules: command-line configuration, explicit server limits, reflection and
-//! health, one tracing span per RPC, database start-up with migrations, and
+//! health, one tracing span per RPC and traces across services, database start-up with migrations, and
 //! graceful shutdown.
 
 pub mod calls;
@@ -22,6 +22,7 @@ pub mod server;
 pub mod service;
 pub mod telemetry;
 pub mod tls;
+pub mod traces;
 
 pub use calls::RpcLogLayer;
 pub use client::{UpstreamTlsArgs, install_tls};

@@ -87,6 +87,28 @@ pub(crate) fn record_call(
 }
 
 /// A gRPC status code's name, from its number as `grpc-status` carries it.
+/// Counts one request to an HTTP port (the gateway's facade) by method, route
+/// template and status, and records its latency. `route` is a template of the
+/// router's (`/posts/{id}`) or `unmatched`, so the labels stay few.
+pub fn record_http(method: &http::Method, route: &str, status: u16, elapsed: Duration) {
+    let method = match *method {
+        http::Method::GET => "GET",
+        http::Method::POST => "POST",
+        http::Method::PUT => "PUT",
+        http::Method::PATCH => "PATCH",
+        http::Method::DELETE => "DELETE",
+        http::Method::HEAD => "HEAD",
+        http::Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    };
+    metrics::counter!("http_requests_total", "method" => method, "route" => route.to_owned(),
+        "status" => status.to_string())
+    .increment(1);
+    metrics::histogram!("http_request_duration_seconds", "method" => method,
+        "route" => route.to_owned())
+    .record(elapsed.as_secs_f64());
+}
+
 fn code_name(code: &str) -> &'static str {
     const NAMES: [&str; 17] = [
         "OK",

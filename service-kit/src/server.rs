@@ -342,7 +342,9 @@ pub async fn serve_or_check<S: Serve, E: std::fmt::Display>(
         }
     };
     server.announce(name);
-    match server.run_until_stopped().await {
+    let stopped = server.run_until_stopped().await;
+    crate::traces::flush().await;
+    match stopped {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(%error, "{name} stopped with an error");

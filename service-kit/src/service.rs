@@ -120,7 +120,10 @@ pub fn load_env_file() -> Result<(), EnvFileError> {
 /// [`main`] with a configuration already read.
 pub async fn run<C: ServiceConfig>(config: C) -> ExitCode {
     let (listen, common) = config.server();
-    crate::telemetry::init(C::NAME, common.log_format);
+    if let Err(error) = crate::telemetry::init(C::NAME, common.log_format) {
+        tracing::error!(%error, "{} cannot start", C::NAME);
+        return ExitCode::FAILURE;
+    }
     if !common.health_check
         && let Err(error) = crate::metrics::install(C::NAME, &common.metrics)
     {

@@ -2,6 +2,7 @@
 //! database, with clients for each, as the system tests use them.
 
 pub mod browser;
+pub mod otlp;
 pub mod pki;
 pub mod postgres;
 pub mod process;

@@ -7,6 +7,7 @@
 //! token as `authorization` metadata, and writes the answer in the course's shape.
 //! `errors.rs` holds the status mapping.
 
+mod access;
 pub(crate) mod cors;
 mod errors;
 mod extract;
@@ -130,6 +131,7 @@ pub fn router(
         .fallback(errors::not_found)
         .method_not_allowed_fallback(errors::method_not_allowed)
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(axum::middleware::from_fn(access::observe))
         .with_state(Facade {
             upstreams,
             verifier,
