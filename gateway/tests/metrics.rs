@@ -78,6 +78,8 @@ async fn the_gateway_serves_metrics_of_its_calls_pool_and_upstreams() {
         r#"upstream_serving{binary="gateway",upstream="auth-service"} 1"#,
         r#"token_verifications_total{binary="gateway",outcome="TOKEN_MALFORMED"}"#,
         r#"rpc_calls_total{binary="gateway",role="edge",service="agora.auth.v1.AuthService",method="Login",code="UNAUTHENTICATED"} 1"#,
+        // The edge's call to auth-service, as the caller counts it.
+        r#"rpc_calls_total{binary="gateway",role="client",service="agora.auth.v1.AuthService",method="Login",code="UNAUTHENTICATED"} 1"#,
         r#"password_hash_seconds_count{binary="gateway"} 1"#,
         r#"password_hashes_admitted{binary="gateway"} 0"#,
     ];

@@ -36,6 +36,11 @@ const SERVER_FAULTS: [&str; 5] = ["2", DEADLINE_EXCEEDED, "13", "14", "15"];
 /// Services whose calls are housekeeping, not traffic: health and reflection.
 const HOUSEKEEPING: [&str; 2] = ["/grpc.health.v1.", "/grpc.reflection."];
 
+/// Whether the method at `path` is health or reflection.
+pub(crate) fn is_housekeeping(path: &str) -> bool {
+    HOUSEKEEPING.iter().any(|prefix| path.starts_with(prefix))
+}
+
 /// Wraps a server's routes in [`RpcLog`].
 #[derive(Debug, Clone, Copy)]
 pub struct RpcLogLayer {
@@ -98,7 +103,7 @@ where
 
     fn call(&mut self, request: http::Request<B>) -> Self::Future {
         let path = request.uri().path();
-        let housekeeping = HOUSEKEEPING.iter().any(|prefix| path.starts_with(prefix));
+        let housekeeping = is_housekeeping(path);
         let span = tracing::info_span!("rpc", method = %path);
         // Housekeeping is not traced: a probe every few seconds is no request.
         let trace = (!housekeeping).then(|| {

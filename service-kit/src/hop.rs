@@ -16,7 +16,7 @@ use std::{
     pin::Pin,
     sync::{Arc, LazyLock, Mutex, Weak},
     task::{Context, Poll},
-    time::Duration,
+    time::{Duration, Instant},
 };
 
 use access_token::RequireTokenService;
@@ -56,8 +56,13 @@ impl Service<http::Request<Body>> for Hop {
     }
 
     fn call(&mut self, mut request: http::Request<Body>) -> Self::Future {
-        let name = request.uri().path().trim_start_matches('/').to_owned();
-        let trace = crate::traces::start_client_span(name, request.headers_mut());
+        let started = Instant::now();
+        let path = request.uri().path();
+        let method = crate::metrics::labels(path);
+        // Health probes every few seconds would each be a trace of their own.
+        let name =
+            (!crate::calls::is_housekeeping(path)).then(|| path.trim_start_matches('/').to_owned());
+        let trace = name.map(|name| crate::traces::start_client_span(name, request.headers_mut()));
         let response: Self::Future = match &self.local {
             Some(local) if local.is_serving() => Box::pin(local.clone().call(request)),
             _ => {
@@ -77,7 +82,12 @@ impl Service<http::Request<Body>> for Hop {
                     .unwrap_or("0"),
                 Err(_) => "14",
             };
-            crate::traces::end_rpc_span(&trace, code, code != "0");
+            if let Some(trace) = &trace {
+                crate::traces::end_rpc_span(trace, code, code != "0");
+            }
+            // By the service called: the gateway's and posts-service's view of
+            // each upstream.
+            crate::metrics::record_call(method, code, "client", started.elapsed());
             result
         })
     }
