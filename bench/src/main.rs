@@ -9,6 +9,7 @@
 //! every loop is bounded in time.
 
 mod ceilings;
+mod cpu;
 mod load;
 mod memory;
 mod processes;
@@ -22,6 +23,7 @@ mod tracing_cost;
 use std::{error::Error, path::PathBuf, process::ExitCode, sync::Arc, time::Duration};
 
 use clap::Parser;
+use cpu::CpuTime;
 use load::closed_loop;
 use memory::Snapshot;
 use processes::Servers;
@@ -170,11 +172,15 @@ async fn measure(args: &Args, pool: sqlx::PgPool, url: &str) -> Result<u64, Box<
         for path in Path::ALL {
             let what = format!("{}, {}", call.name(), path.name());
             let client = client.clone();
+            let cpu_before = CpuTime::now(&servers);
             let summary = closed_loop(&what, concurrency, duration, move |caller| {
                 client.clone().call(call, path, caller)
             })
             .await;
-            measured.push((call, path, summary));
+            let cpu = cpu_before
+                .zip(CpuTime::now(&servers))
+                .and_then(|(before, after)| before.per_call(after, summary.calls));
+            measured.push((call, path, summary, cpu));
         }
         memory.push(Snapshot::take(format!("after {}", call.name()), &servers)?);
     }

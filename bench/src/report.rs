@@ -6,6 +6,7 @@ use std::fmt;
 use serde::Serialize;
 
 use crate::{
+    cpu::CpuPerCall,
     load::Summary,
     memory::Snapshot,
     processes::Role,
@@ -40,6 +41,8 @@ pub struct Scenario {
     pub summary: Summary,
     /// calls/s over the SQL ceiling's; none for Login, whose cost is not SQL.
     pub ratio_to_ceiling: Option<f64>,
+    /// CPU per call, of the servers and of PostgreSQL (Linux only).
+    pub cpu: Option<CpuPerCall>,
 }
 
 #[derive(Debug, Serialize)]
@@ -74,29 +77,30 @@ impl Results {
     pub fn new(
         machine: Machine,
         settings: Settings,
-        measured: Vec<(Call, Path, Summary)>,
+        measured: Vec<(Call, Path, Summary, Option<CpuPerCall>)>,
         memory: Vec<Snapshot>,
         storm: Storm,
     ) -> Self {
         let per_second = |call, path| {
             measured
                 .iter()
-                .find(|(c, p, _)| (*c, *p) == (call, path))
-                .map_or(f64::NAN, |(_, _, summary)| summary.per_second)
+                .find(|(c, p, _, _)| (*c, *p) == (call, path))
+                .map_or(f64::NAN, |(_, _, summary, _)| summary.per_second)
         };
         let scenarios = measured
             .iter()
-            .map(|(call, path, summary)| Scenario {
+            .map(|(call, path, summary, cpu)| Scenario {
                 call: *call,
                 path: *path,
                 summary: summary.clone(),
                 ratio_to_ceiling: (*call != Call::Login && *path != Path::Ceiling)
                     .then(|| summary.per_second / per_second(*call, Path::Ceiling)),
+                cpu: *cpu,
             })
             .collect();
         let http_over_grpc = Call::ALL
             .into_iter()
-            .filter(|&call| measured.iter().any(|(c, _, _)| *c == call))
+            .filter(|&call| measured.iter().any(|(c, _, _, _)| *c == call))
             .map(|call| CallRatio {
                 call,
                 http_over_grpc: per_second(call, Path::Http) / per_second(call, Path::Grpc),
@@ -319,8 +323,16 @@ impl Results {
     fn fmt_calls(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         writeln!(
             f,
-            "\n{:<28} {:<12} {:>9} {:>8} {:>8} {:>10} {:>7} {:>6}",
-            "call", "path", "calls/s", "p50 ms", "p99 ms", "/ ceiling", "calls", "failed"
+            "\n{:<28} {:<12} {:>9} {:>8} {:>8} {:>10} {:>7} {:>6} {:>14}",
+            "call",
+            "path",
+            "calls/s",
+            "p50 ms",
+            "p99 ms",
+            "/ ceiling",
+            "calls",
+            "failed",
+            "CPU ms svc/db"
         )?;
         for scenario in &self.scenarios {
             let s = &scenario.summary;
@@ -331,9 +343,12 @@ impl Results {
             let ratio = scenario
                 .ratio_to_ceiling
                 .map_or(String::new(), |ratio| format!("{ratio:.2}"));
+            let cpu = scenario.cpu.map_or(String::new(), |cpu| {
+                format!("{:.2} / {:.2}", cpu.servers_ms, cpu.database_ms)
+            });
             writeln!(
                 f,
-                "{call:<28} {:<12} {:>9.0} {:>8.2} {:>8.2} {ratio:>10} {:>7} {:>6}",
+                "{call:<28} {:<12} {:>9.0} {:>8.2} {:>8.2} {ratio:>10} {:>7} {:>6} {cpu:>14}",
                 scenario.path.name(),
                 s.per_second,
                 s.p50_ms,
