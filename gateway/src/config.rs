@@ -69,7 +69,8 @@ pub struct Config {
     /// Used only with the services embedded.
     #[command(flatten)]
     pub quotas: crate::embedded::Quotas,
-    /// The database is used only with the services embedded.
+    /// The database is used only with the services embedded, or with
+    /// DATABASE_MIGRATIONS=apply-and-exit.
     #[command(flatten)]
     pub common: CommonArgs,
 }

@@ -20,7 +20,7 @@ use axum::serve::{Listener, ListenerExt};
 use service_kit::{
     Serve, TlsAcceptor, TlsError, TokenKeysArgs,
     config::KeyConfigError,
-    database::DatabaseError,
+    database::{DatabaseError, MigrationMode},
     incoming,
     tls::{self, Incoming, ServerIo},
     with_grace,
@@ -66,6 +66,12 @@ pub async fn main() -> std::process::ExitCode {
     if let Err(error) = service_kit::telemetry::init("gateway", config.common.log_format) {
         tracing::error!(%error, "gateway cannot start");
         return std::process::ExitCode::FAILURE;
+    }
+    // The migration job: also in front of remote services, where the gateway
+    // otherwise never connects to the database.
+    let database = &config.common.database;
+    if database.database_migrations == MigrationMode::ApplyAndExit && !config.common.health_check {
+        return service_kit::database::run_migration_job("gateway", database).await;
     }
     if !config.common.health_check
         && let Err(error) = service_kit::metrics::install("gateway", &config.common.metrics)

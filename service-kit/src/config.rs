@@ -5,6 +5,8 @@ use std::{sync::Arc, time::Duration};
 use access_token::{AuthServiceKeys, KEY_REFRESH_INTERVAL, KeysFile, TokenVerifier};
 use secrecy::{ExposeSecret, SecretString};
 
+use crate::database::{LOCK_TIMEOUT, MigrationMode};
+
 /// Protections a gRPC server applies to every call.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServerLimits {
@@ -45,7 +47,8 @@ pub const DEFAULT_DATABASE_URL: &str = "postgres://postgres@localhost:5432/agora
 /// Where the database is and how many connections to keep.
 #[derive(Debug, Clone, clap::Args)]
 pub struct DatabaseArgs {
-    /// PostgreSQL URL; the database is created if it does not exist.
+    /// PostgreSQL URL; the database is created if it does not exist (except with
+    /// DATABASE_MIGRATIONS=verify).
     #[arg(
         long,
         env = "DATABASE_URL",
@@ -59,6 +62,20 @@ pub struct DatabaseArgs {
     /// Seconds a call waits for a free connection before failing with UNAVAILABLE.
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_SECS", default_value_t = 5)]
     pub database_acquire_timeout_secs: u64,
+    /// What start-up does about the schema.
+    #[arg(long, env = "DATABASE_MIGRATIONS", value_enum, default_value_t = MigrationMode::Apply)]
+    pub database_migrations: MigrationMode,
+    /// Seconds a migration statement waits for a lock before it gives up, to be
+    /// tried again later: meanwhile every call touching its table waits behind
+    /// it. The default, the serving connections' own lock wait, delays those
+    /// calls without failing them.
+    #[arg(long, env = "DATABASE_MIGRATION_LOCK_TIMEOUT_SECS", default_value_t = LOCK_TIMEOUT.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub database_migration_lock_timeout_secs: u64,
+    /// Further attempts at a migration that gave up waiting for a lock, after 1,
+    /// 2, 4... seconds (at most 30); then the start fails.
+    #[arg(long, env = "DATABASE_MIGRATION_LOCK_RETRIES", default_value_t = 5)]
+    pub database_migration_lock_retries: u32,
 }
 
 impl DatabaseArgs {
@@ -89,6 +106,9 @@ impl Default for DatabaseArgs {
             database_url: SecretString::from(DEFAULT_DATABASE_URL),
             database_max_connections: 10,
             database_acquire_timeout_secs: 5,
+            database_migrations: MigrationMode::Apply,
+            database_migration_lock_timeout_secs: LOCK_TIMEOUT.as_secs(),
+            database_migration_lock_retries: 5,
         }
     }
 }

@@ -1,20 +1,47 @@
-//! Connecting to PostgreSQL at start-up: create the database if it is missing, open
-//! the pool, apply the migrations.
+//! Connecting to PostgreSQL at start-up: create the database if it is missing,
+//! apply the migrations (or wait until a migration job has), open the pool.
 
-use std::{collections::HashSet, time::Duration};
+use std::{
+    collections::HashMap,
+    process::ExitCode,
+    time::{Duration, Instant},
+};
 
 use secrecy::ExposeSecret;
 use sqlx::{
-    Connection, PgConnection, PgPool,
-    migrate::{Migrate, MigrateError, Migrator},
+    ConnectOptions, Connection, PgConnection, PgPool,
+    migrate::{AppliedMigration, Migrate, MigrateError, Migration, Migrator},
     postgres::{PgConnectOptions, PgPoolOptions},
 };
 
 use crate::DatabaseArgs;
 
 /// The whole schema history of all services, in order. Every service applies it
-/// at start-up; sqlx holds an advisory lock meanwhile, so concurrent starts are safe.
+/// at start-up, unless told to leave that to a migration job
+/// ([`MigrationMode`]); sqlx's advisory lock makes concurrent starts safe.
 pub static MIGRATOR: Migrator = sqlx::migrate!("../migrations");
+
+/// What start-up does about the schema (`DATABASE_MIGRATIONS`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum MigrationMode {
+    /// Create the database if missing and apply the migrations it lacks, then
+    /// serve: one binary, docker-compose, a developer machine.
+    #[default]
+    Apply,
+    /// Change nothing: wait until every migration this binary knows is applied
+    /// (by a migration job), then serve. For Kubernetes.
+    Verify,
+    /// Create and migrate as `apply` does, then exit without serving: the
+    /// migration job.
+    ApplyAndExit,
+}
+
+/// How often `verify` looks at the schema again while migrations are missing.
+const VERIFY_INTERVAL: Duration = Duration::from_secs(2);
+/// How often `verify` says again that it still waits.
+const WAITING_NOTICE_INTERVAL: Duration = Duration::from_secs(30);
+/// The longest pause between two attempts at a migration that gave up on a lock.
+const MAX_LOCK_RETRY_PAUSE: Duration = Duration::from_secs(30);
 
 /// The form a database URL must have.
 pub const URL_FORM: &str = "postgres://user[:password]@host:port/database";
@@ -57,34 +84,34 @@ pub enum DatabaseError {
     Failed { url: String, source: sqlx::Error },
     #[error("cannot apply migrations to {url}: {source}")]
     Migration { url: String, source: MigrateError },
+    /// `verify` found applied migrations that contradict this binary's.
+    #[error("cannot verify the migrations applied to {url}: {source}")]
+    Verification { url: String, source: MigrateError },
+    /// A migration kept waiting for a lock that a transaction held.
+    #[error(
+        "migration {version} gave up at {url} after {attempts} attempts, each waiting \
+         {}s for a lock (DATABASE_MIGRATION_LOCK_TIMEOUT_SECS): a long transaction holds \
+         a lock on a table it changes; let that transaction finish or end it \
+         (pg_stat_activity shows it), then migrate again",
+        .timeout.as_secs()
+    )]
+    LockTimeout {
+        url: String,
+        version: i64,
+        attempts: u32,
+        timeout: Duration,
+    },
 }
 
-/// A pool on a database that exists and has every migration applied.
+/// A pool on a database that exists and has every migration applied: applied
+/// here, or by a migration job when `args` says `verify`.
 pub async fn connect(args: &DatabaseArgs) -> Result<PgPool, DatabaseError> {
     let url = args.redacted_url();
     let options = parse(args)?;
-    // The database usually exists: connect to it first, and only when the server
-    // says it is missing, go through the maintenance database to create it.
-    let mut conn = match PgConnection::connect_with(&options).await {
-        Ok(conn) => conn,
-        Err(error) if has_code(&error, "3D000") => {
-            create_database(args, &options).await?;
-            PgConnection::connect_with(&options)
-                .await
-                .map_err(|source| classify(&url, source))?
-        }
-        Err(error) => return Err(classify(&url, error)),
-    };
-    // Migrations may take long (an index on a big table): they run on this
-    // connection of their own, without the serving limits.
-    migrate(&mut conn)
-        .await
-        .map_err(|source| DatabaseError::Migration {
-            url: url.clone(),
-            source,
-        })?;
-    let _ = conn.close().await;
-
+    match args.database_migrations {
+        MigrationMode::Apply | MigrationMode::ApplyAndExit => apply(args, &options).await?,
+        MigrationMode::Verify => wait_until_migrated(args, &options).await?,
+    }
     let pool = PgPoolOptions::new()
         .max_connections(args.database_max_connections)
         .acquire_timeout(Duration::from_secs(args.database_acquire_timeout_secs))
@@ -93,6 +120,63 @@ pub async fn connect(args: &DatabaseArgs) -> Result<PgPool, DatabaseError> {
         .map_err(|source| classify(&url, source))?;
     crate::metrics::watch_pool(pool.clone());
     Ok(pool)
+}
+
+/// Creates the database if it is missing and applies the migrations it lacks,
+/// as a migration job does; opens no pool.
+pub async fn migrate(args: &DatabaseArgs) -> Result<(), DatabaseError> {
+    apply(args, &parse(args)?).await
+}
+
+/// A binary's whole run with `DATABASE_MIGRATIONS=apply-and-exit`: migrate, say
+/// so, and exit without serving.
+pub async fn run_migration_job(name: &str, args: &DatabaseArgs) -> ExitCode {
+    match migrate(args).await {
+        Ok(()) => {
+            tracing::info!(
+                "{name} migrated the database and exits (DATABASE_MIGRATIONS=apply-and-exit)"
+            );
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            tracing::error!(%error, "{name} cannot migrate the database");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Creates the database if it is missing, then migrates it on a connection of
+/// its own.
+async fn apply(args: &DatabaseArgs, options: &PgConnectOptions) -> Result<(), DatabaseError> {
+    let url = args.redacted_url();
+    // A migration may well be slow (an index on a big table): sqlx would log
+    // its whole text as a slow statement.
+    let options = &options.clone().disable_statement_logging();
+    // The database usually exists: connect to it first, and only when the server
+    // says it is missing, go through the maintenance database to create it.
+    let mut conn = match PgConnection::connect_with(options).await {
+        Ok(conn) => conn,
+        Err(error) if has_code(&error, "3D000") => {
+            create_database(args, options).await?;
+            PgConnection::connect_with(options)
+                .await
+                .map_err(|source| classify(&url, source))?
+        }
+        Err(error) => return Err(classify(&url, error)),
+    };
+    // Migrations may take long (an index on a big table): they run on this
+    // connection of their own, without the serving limits.
+    let migrated = migrate_locked(&mut conn, args).await;
+    let _ = conn.close().await;
+    migrated.map_err(|failure| match failure {
+        Failure::Migrate(source) => DatabaseError::Migration { url, source },
+        Failure::LockTimeout(version) => DatabaseError::LockTimeout {
+            url,
+            version,
+            attempts: args.database_migration_lock_retries.saturating_add(1),
+            timeout: Duration::from_secs(args.database_migration_lock_timeout_secs),
+        },
+    })
 }
 
 /// Checks the URL's shape before anything is sent, so that `localhost:5432`
@@ -159,56 +243,262 @@ async fn create_database(
     }
 }
 
+/// Why migrating failed.
+enum Failure {
+    Migrate(MigrateError),
+    /// Migration `version` gave up waiting for a lock.
+    LockTimeout(i64),
+}
+
+impl From<MigrateError> for Failure {
+    fn from(error: MigrateError) -> Self {
+        Self::Migrate(error)
+    }
+}
+
+impl From<sqlx::Error> for Failure {
+    fn from(error: sqlx::Error) -> Self {
+        Self::Migrate(error.into())
+    }
+}
+
 /// Applies every migration not yet applied, and says which, or that there were
-/// none. The advisory lock is held around the whole, so what is logged is what
-/// this process applied, even when several start at once.
-async fn migrate(conn: &mut PgConnection) -> Result<(), MigrateError> {
+/// none. The advisory lock is held around the whole, retries included, so what
+/// is logged is what this process applied, even when several start at once.
+async fn migrate_locked(conn: &mut PgConnection, args: &DatabaseArgs) -> Result<(), Failure> {
+    // Waiting for another process's migrations is fine, however long they take:
+    // only the waits of this one's own statements are bounded.
+    set_lock_timeout(conn, Duration::ZERO).await?;
     conn.lock().await?;
+    let mut applied = Vec::new();
     let result = async {
-        let before = applied_versions(conn).await?;
-        // Takes the same lock again (advisory locks nest within a session).
-        MIGRATOR.run(&mut *conn).await?;
-        Ok::<_, MigrateError>(before)
+        prepare_table(conn).await?;
+        apply_with_retries(conn, args, &mut applied).await
     }
     .await;
     let unlocked = conn.unlock().await;
-    let before = result?;
+    let ahead = result?;
     unlocked?;
-    let applied: Vec<i64> = MIGRATOR
-        .iter()
-        .filter(|m| m.migration_type.is_up_migration() && !before.contains(&m.version))
-        .map(|m| m.version)
-        .collect();
-    let latest = MIGRATOR
-        .iter()
-        .filter(|m| m.migration_type.is_up_migration())
-        .map(|m| m.version)
-        .max()
-        .unwrap_or_default();
-    if applied.is_empty() {
-        tracing::info!(version = latest, "database schema up to date");
-    } else {
-        tracing::info!(applied = ?applied, version = latest, "applied database migrations");
+    let version = latest_known();
+    if !applied.is_empty() {
+        tracing::info!(?applied, version, "applied database migrations");
+    }
+    if !ahead.is_empty() {
+        say_ahead(&ahead);
+    } else if applied.is_empty() {
+        tracing::info!(version, "database schema up to date");
     }
     Ok(())
 }
 
-/// The migrations already applied, none when the table is not there yet.
-async fn applied_versions(conn: &mut PgConnection) -> Result<HashSet<i64>, MigrateError> {
-    let table = MIGRATOR.table_name.as_ref();
-    let exists: bool = sqlx::query_scalar("select to_regclass($1) is not null")
-        .bind(table)
-        .fetch_one(&mut *conn)
-        .await?;
-    if !exists {
-        return Ok(HashSet::new());
+/// [`apply_missing`], tried again after a pause each time a migration gave up
+/// waiting for a lock; the versions the database has beyond this binary's.
+async fn apply_with_retries(
+    conn: &mut PgConnection,
+    args: &DatabaseArgs,
+    applied: &mut Vec<i64>,
+) -> Result<Vec<i64>, Failure> {
+    let lock_timeout = Duration::from_secs(args.database_migration_lock_timeout_secs);
+    let mut pause = Duration::from_secs(1);
+    let mut attempt = 1;
+    loop {
+        match apply_missing(conn, lock_timeout, applied).await {
+            Err(Failure::LockTimeout(version))
+                if attempt <= args.database_migration_lock_retries =>
+            {
+                tracing::warn!(
+                    version,
+                    attempt,
+                    retry_in = ?pause,
+                    "migration gave up waiting for a lock held by another transaction; trying again"
+                );
+                tokio::time::sleep(pause).await;
+                pause = (pause * 2).min(MAX_LOCK_RETRY_PAUSE);
+                attempt += 1;
+            }
+            other => return other,
+        }
     }
-    Ok(conn
-        .list_applied_migrations(table)
-        .await?
-        .into_iter()
-        .map(|m| m.version)
-        .collect())
+}
+
+/// Applies, in order, the migrations the database lacks, each statement waiting
+/// at most `lock_timeout` for a lock; the versions the database has beyond
+/// this binary's.
+async fn apply_missing(
+    conn: &mut PgConnection,
+    lock_timeout: Duration,
+    applied: &mut Vec<i64>,
+) -> Result<Vec<i64>, Failure> {
+    let schema = read_schema(conn).await?;
+    for migration in schema.missing {
+        // CONCURRENTLY blocks no call while it waits (its lock lets reads and
+        // writes through), and giving up halfway would leave an invalid index
+        // behind that `if not exists` would then take for a whole one.
+        let timeout = if migration.no_tx {
+            Duration::ZERO
+        } else {
+            lock_timeout
+        };
+        set_lock_timeout(conn, timeout).await?;
+        match conn.apply(&MIGRATOR.table_name, migration).await {
+            Ok(_) => applied.push(migration.version),
+            Err(MigrateError::ExecuteMigration(error, version)) if is_lock_timeout(&error) => {
+                return Err(Failure::LockTimeout(version));
+            }
+            Err(error) => return Err(error.into()),
+        }
+    }
+    Ok(schema.ahead)
+}
+
+/// Creates sqlx's table of applied migrations if it is missing (only then, or
+/// PostgreSQL notices at every start that it exists), and refuses a database
+/// where a migration stopped halfway.
+async fn prepare_table(conn: &mut PgConnection) -> Result<(), MigrateError> {
+    let table = MIGRATOR.table_name.as_ref();
+    if !table_exists(conn).await? {
+        conn.ensure_migrations_table(table).await?;
+    }
+    match conn.dirty_version(table).await? {
+        Some(version) => Err(MigrateError::Dirty(version)),
+        None => Ok(()),
+    }
+}
+
+async fn table_exists(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
+    sqlx::query_scalar("select to_regclass($1) is not null")
+        .bind(MIGRATOR.table_name.as_ref())
+        .fetch_one(conn)
+        .await
+}
+
+async fn set_lock_timeout(conn: &mut PgConnection, timeout: Duration) -> Result<(), sqlx::Error> {
+    sqlx::query("select set_config('lock_timeout', $1, false)")
+        .bind(format!("{}ms", timeout.as_millis()))
+        .execute(conn)
+        .await
+        .map(drop)
+}
+
+/// 55P03 lock_not_available: lock_timeout expired.
+fn is_lock_timeout(error: &sqlx::Error) -> bool {
+    has_code(error, "55P03")
+}
+
+/// How the migrations applied to a database stand against this binary's.
+struct Schema {
+    /// This binary's migrations not applied yet, in order.
+    missing: Vec<&'static Migration>,
+    /// Applied migrations newer than any this binary knows: a later release
+    /// migrated the database, and expand-then-contract keeps it usable here.
+    ahead: Vec<i64>,
+}
+
+/// Compares what is applied with what this binary knows. A migration applied
+/// with other contents, or one unknown here yet older than this binary's
+/// latest (histories that diverged), is an error, as sqlx has it; unknown
+/// newer ones are not.
+fn compare(applied: &[AppliedMigration]) -> Result<Schema, MigrateError> {
+    let applied: HashMap<i64, &AppliedMigration> = applied.iter().map(|m| (m.version, m)).collect();
+    let mut missing = Vec::new();
+    for migration in up_migrations() {
+        match applied.get(&migration.version) {
+            Some(done) if done.checksum != migration.checksum => {
+                return Err(MigrateError::VersionMismatch(migration.version));
+            }
+            Some(_) => {}
+            None => missing.push(migration),
+        }
+    }
+    let latest = latest_known();
+    let mut ahead = Vec::new();
+    for &version in applied.keys() {
+        if MIGRATOR.version_exists(version) {
+            continue;
+        }
+        if version < latest {
+            return Err(MigrateError::VersionMissing(version));
+        }
+        ahead.push(version);
+    }
+    ahead.sort_unstable();
+    Ok(Schema { missing, ahead })
+}
+
+fn up_migrations() -> impl Iterator<Item = &'static Migration> {
+    MIGRATOR
+        .iter()
+        .filter(|m| m.migration_type.is_up_migration())
+}
+
+fn latest_known() -> i64 {
+    up_migrations().map(|m| m.version).max().unwrap_or_default()
+}
+
+fn say_ahead(ahead: &[i64]) {
+    tracing::info!(
+        ?ahead,
+        version = latest_known(),
+        "database schema is ahead of this binary, which serves on it (migrations expand before they contract)"
+    );
+}
+
+/// `verify`: waits, changing nothing, until every migration this binary knows
+/// is applied, saying what it waits for at first and then now and then.
+async fn wait_until_migrated(
+    args: &DatabaseArgs,
+    options: &PgConnectOptions,
+) -> Result<(), DatabaseError> {
+    let url = args.redacted_url();
+    let mut said: Option<Instant> = None;
+    loop {
+        let missing = match PgConnection::connect_with(options).await {
+            Ok(mut conn) => {
+                let schema = read_schema(&mut conn).await;
+                let _ = conn.close().await;
+                let schema = schema.map_err(|source| DatabaseError::Verification {
+                    url: url.clone(),
+                    source,
+                })?;
+                if schema.missing.is_empty() {
+                    if schema.ahead.is_empty() {
+                        tracing::info!(version = latest_known(), "database schema up to date");
+                    } else {
+                        say_ahead(&schema.ahead);
+                    }
+                    return Ok(());
+                }
+                Some(schema.missing.iter().map(|m| m.version).collect::<Vec<_>>())
+            }
+            // The migration job creates it.
+            Err(error) if has_code(&error, "3D000") => None,
+            Err(error) => return Err(classify(&url, error)),
+        };
+        if said.is_none_or(|at| at.elapsed() >= WAITING_NOTICE_INTERVAL) {
+            match missing {
+                Some(missing) => tracing::info!(
+                    ?missing,
+                    "database schema lacks migrations this binary needs; waiting for the migration job (DATABASE_MIGRATIONS=apply-and-exit)"
+                ),
+                None => tracing::info!(
+                    %url,
+                    "database does not exist yet; waiting for the migration job (DATABASE_MIGRATIONS=apply-and-exit)"
+                ),
+            }
+            said = Some(Instant::now());
+        }
+        tokio::time::sleep(VERIFY_INTERVAL).await;
+    }
+}
+
+/// What is applied, read without creating anything.
+async fn read_schema(conn: &mut PgConnection) -> Result<Schema, MigrateError> {
+    let applied = if table_exists(conn).await? {
+        conn.list_applied_migrations(&MIGRATOR.table_name).await?
+    } else {
+        Vec::new()
+    };
+    compare(&applied)
 }
 
 /// Which of the failures a person tells apart `error` is.

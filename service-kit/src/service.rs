@@ -6,7 +6,9 @@ use std::{future::Future, net::SocketAddr, process::ExitCode};
 use sqlx::PgPool;
 
 use crate::{
-    BindError, CommonArgs, GrpcServer, ServedApi, config::KeyConfigError, database::DatabaseError,
+    BindError, CommonArgs, GrpcServer, ServedApi,
+    config::KeyConfigError,
+    database::{DatabaseError, MigrationMode},
     tls::TlsError,
 };
 
@@ -123,6 +125,9 @@ pub async fn run<C: ServiceConfig>(config: C) -> ExitCode {
     if let Err(error) = crate::telemetry::init(C::NAME, common.log_format) {
         tracing::error!(%error, "{} cannot start", C::NAME);
         return ExitCode::FAILURE;
+    }
+    if common.database.database_migrations == MigrationMode::ApplyAndExit && !common.health_check {
+        return crate::database::run_migration_job(C::NAME, &common.database).await;
     }
     if !common.health_check
         && let Err(error) = crate::metrics::install(C::NAME, &common.metrics)

@@ -6,7 +6,7 @@
 //! (`target/<profile>/`), where `cargo test --workspace` builds them.
 
 use std::{
-    path::PathBuf,
+    path::{Path, PathBuf},
     process::{ExitStatus, Stdio},
     sync::{Arc, Mutex},
     time::Duration,
@@ -139,6 +139,16 @@ impl Process {
         Self::start_with(name, env, true).await
     }
 
+    /// [`Process::start_keeping_default_log`] for the binary at `path`, such as
+    /// a previous release's, rather than one of this build's.
+    pub async fn start_at(path: &Path, env: &[(&str, String)]) -> Self {
+        let name = path
+            .file_name()
+            .and_then(|name| name.to_str())
+            .expect("a binary's file name");
+        Self::start_program(path, name, env, true).await
+    }
+
     /// Every line logged so far.
     pub fn log_lines(&self) -> Vec<String> {
         self.log
@@ -163,6 +173,15 @@ impl Process {
     }
 
     async fn start_with(name: &str, env: &[(&str, String)], keep_log: bool) -> Self {
+        Self::start_program(&binary(name), name, env, keep_log).await
+    }
+
+    async fn start_program(
+        program: &Path,
+        name: &str,
+        env: &[(&str, String)],
+        keep_log: bool,
+    ) -> Self {
         if name == "gateway" {
             require_free_default_ports(env);
         }
@@ -174,7 +193,7 @@ impl Process {
                     .push(line.to_owned());
             }
         };
-        let mut child = command(name, env)
+        let mut child = command_at(program, env)
             .stdout(Stdio::piped())
             .spawn()
             .expect("the binary starts");
@@ -410,7 +429,11 @@ pub async fn run(name: &str, env: &[(&str, String)], args: &[&str]) -> (ExitStat
 }
 
 fn command(name: &str, env: &[(&str, String)]) -> Command {
-    let mut command = Command::new(binary(name));
+    command_at(&binary(name), env)
+}
+
+fn command_at(program: &Path, env: &[(&str, String)]) -> Command {
+    let mut command = Command::new(program);
     command
         .env_clear()
         .env("PATH", std::env::var_os("PATH").unwrap_or_default())
