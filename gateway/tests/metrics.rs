@@ -74,6 +74,7 @@ async fn the_gateway_serves_metrics_of_its_calls_pool_and_upstreams() {
         r#"rpc_duration_seconds_count{binary="gateway",role="edge",service="agora.posts.v1.PostService",method="GetPost"} 1"#,
         r#"db_pool_connections{binary="gateway",state="open"}"#,
         r#"db_pool_max_connections{binary="gateway"}"#,
+        r#"db_pool_acquire_seconds_count{binary="gateway"}"#,
         r#"upstream_serving{binary="gateway",upstream="posts-service"} 1"#,
         r#"upstream_serving{binary="gateway",upstream="auth-service"} 1"#,
         r#"token_verifications_total{binary="gateway",outcome="TOKEN_MALFORMED"}"#,

@@ -114,6 +114,8 @@ pub async fn connect(args: &DatabaseArgs) -> Result<PgPool, DatabaseError> {
     }
     let pool = PgPoolOptions::new()
         .max_connections(args.database_max_connections)
+        // Each acquire's wait, as an event the metrics turn into a histogram.
+        .acquire_time_level(log::LevelFilter::Debug)
         .acquire_timeout(Duration::from_secs(args.database_acquire_timeout_secs))
         .connect_with(options.options(serving_limits()))
         .await

@@ -104,6 +104,7 @@ fn describe(violations: &[FieldViolation]) -> String {
 impl From<sqlx::Error> for ApiError {
     fn from(error: sqlx::Error) -> Self {
         if is_outage(&error) {
+            crate::metrics::record_database_outage(&error);
             return Self::Unavailable {
                 what: "database",
                 source: error.into(),

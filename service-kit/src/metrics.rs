@@ -136,6 +136,29 @@ fn code_name(code: &str) -> &'static str {
 }
 
 /// Whether a dependency answers, as the binary's health follows it.
+/// Counts a statement the database could not answer, by why: no connection
+/// free in the pool in time, the server unreachable, or a statement or lock
+/// wait that ran out of time.
+pub(crate) fn record_database_outage(error: &sqlx::Error) {
+    let kind = match error {
+        sqlx::Error::PoolTimedOut => "pool_timeout",
+        sqlx::Error::Database(error)
+            if error
+                .code()
+                .is_some_and(|code| matches!(&*code, "57014" | "55P03")) =>
+        {
+            "statement_timeout"
+        }
+        _ => "unreachable",
+    };
+    metrics::counter!("db_unavailable_total", "kind" => kind).increment(1);
+}
+
+/// Records how long a call waited for a pool connection.
+pub(crate) fn record_pool_acquire(waited: Duration) {
+    metrics::histogram!("db_pool_acquire_seconds").record(waited.as_secs_f64());
+}
+
 pub(crate) fn record_upstream(dependency: &'static str, serving: bool) {
     metrics::gauge!("upstream_serving", "upstream" => dependency).set(if serving {
         1.0
@@ -180,5 +203,25 @@ mod tests {
         assert_eq!(code_name("0"), "OK");
         assert_eq!(code_name("16"), "UNAUTHENTICATED");
         assert_eq!(code_name("99"), "UNKNOWN");
+    }
+
+    #[test]
+    fn database_outages_are_counted_by_why() {
+        let recorder = PrometheusBuilder::new().build_recorder();
+        let page = recorder.handle();
+        metrics::with_local_recorder(&recorder, || {
+            record_database_outage(&sqlx::Error::PoolTimedOut);
+            record_database_outage(&sqlx::Error::PoolTimedOut);
+            record_database_outage(&sqlx::Error::PoolClosed);
+            record_pool_acquire(Duration::from_millis(3));
+        });
+        let page = page.render();
+        for line in [
+            r#"db_unavailable_total{kind="pool_timeout"} 2"#,
+            r#"db_unavailable_total{kind="unreachable"} 1"#,
+            "db_pool_acquire_seconds_count 1",
+        ] {
+            assert!(page.contains(line), "{line} missing from:\n{page}");
+        }
     }
 }

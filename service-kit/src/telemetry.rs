@@ -69,15 +69,47 @@ pub fn init(service: &'static str, format: LogFormat) -> Result<(), TracesError>
     let traces = crate::traces::install(service);
     let statements = matches!(traces, Ok(true))
         .then(|| StatementSpans.with_filter(filter_fn(|metadata| metadata.target() == SQLX_QUERY)));
+    let acquires =
+        PoolAcquires.with_filter(filter_fn(|metadata| metadata.target() == SQLX_ACQUIRE));
     tracing_subscriber::registry()
         .with(log)
         .with(statements)
+        .with(acquires)
         .init();
     traces.map(|_| ())
 }
 
 /// The target of sqlx's event for each statement it ran.
 const SQLX_QUERY: &str = "sqlx::query";
+/// The target of sqlx's event for each connection taken from a pool.
+const SQLX_ACQUIRE: &str = "sqlx::pool::acquire";
+
+/// Turns sqlx's pool events into the metric of how long calls wait for a
+/// connection.
+struct PoolAcquires;
+
+impl<S: Subscriber> Layer<S> for PoolAcquires {
+    fn on_event(&self, event: &Event<'_>, _: Context<'_, S>) {
+        let mut waited = Waited(None);
+        event.record(&mut waited);
+        if let Some(seconds) = waited.0 {
+            crate::metrics::record_pool_acquire(Duration::from_secs_f64(seconds.max(0.0)));
+        }
+    }
+}
+
+/// The `acquired_after_secs` of a pool event.
+struct Waited(Option<f64>);
+
+impl Visit for Waited {
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        if field.name() == "acquired_after_secs" {
+            self.0 = Some(value);
+        }
+    }
+
+    fn record_debug(&mut self, _: &Field, _: &dyn fmt::Debug) {}
+}
 
 /// Turns sqlx's statement events into spans of the call that ran them.
 struct StatementSpans;
