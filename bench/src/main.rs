@@ -87,9 +87,9 @@ struct Args {
     /// export on and sampling off, and with every call exported, in turns.
     #[arg(long, conflicts_with_all = ["posts", "storm_only"])]
     tracing_cost: bool,
-    /// With `--tracing-cost`: rounds of the four modes; each figure is the
-    /// median of its rounds.
-    #[arg(long, default_value_t = 3, requires = "tracing_cost",
+    /// With `--tracing-cost`: turns of each mode per call, each `--seconds`
+    /// long.
+    #[arg(long, default_value_t = 5, requires = "tracing_cost",
           value_parser = clap::value_parser!(u64).range(1..))]
     tracing_rounds: u64,
     /// With `--posts`: keep the seeded datasets (`agora_bench_scale_<posts>`)

@@ -192,6 +192,17 @@ async fn one_request_is_one_trace_across_the_four_binaries() {
     assert_eq!(edge_span.parent_span_id, "", "the edge starts the trace");
     let spans = collector.trace(&edge_span.trace_id, complete).await;
     assert_one_tree(&spans, "");
+    // The edge's line for that call names the trace it started.
+    let lines = gateway.log_lines();
+    let line = lines
+        .iter()
+        .filter_map(|line| serde_json::from_str::<Value>(line).ok())
+        .find(|line| {
+            line["message"] == "rpc finished"
+                && line["span"]["method"] == "/agora.posts.v1.PostService/GetPost"
+        })
+        .unwrap_or_else(|| panic!("an edge line: {lines:#?}"));
+    assert_eq!(line["trace_id"], edge_span.trace_id.as_str(), "{line}");
 
     terminate_all([gateway, posts, votes, auth]).await;
     database.drop_now().await;
