@@ -1,6 +1,7 @@
 //! CPU time as Linux counts it (`/proc/<pid>/stat`): the servers', and
 //! PostgreSQL's (every process named `postgres`, its backends included), so that
-//! a call's cost splits between the services and the database. Read before and
+//! a call's cost splits between the services and the database (and PgBouncer's,
+//! when the servers reach the database through it). Read before and
 //! after a measured window; the difference over the calls made is each call's
 //! CPU. Elsewhere than Linux there are no figures.
 
@@ -33,16 +34,10 @@ impl CpuTime {
             .into_iter()
             .filter_map(|(_, pid)| ticks(pid))
             .sum::<u64>();
-        let database = std::fs::read_dir("/proc")
-            .ok()?
-            .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|&pid| is_postgres(pid))
-            .filter_map(ticks)
-            .sum::<u64>();
         let time = |ticks: u64| Duration::from_secs_f64(ticks as f64 / tick);
         Some(Self {
             servers: time(servers),
-            database: time(database),
+            database: of_processes_named("postgres")?,
         })
     }
 
@@ -70,8 +65,22 @@ fn ticks(pid: u32) -> Option<u64> {
     Some(utime + stime)
 }
 
-fn is_postgres(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == "postgres")
+/// The CPU time so far of every process whose command is `name` (`postgres`,
+/// whose backends are processes of their own; `pgbouncer`); none where `/proc`
+/// is not.
+pub fn of_processes_named(name: &str) -> Option<Duration> {
+    let tick = ticks_per_second()?;
+    let total = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|entry| entry.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|&pid| is_named(pid, name))
+        .filter_map(ticks)
+        .sum::<u64>();
+    Some(Duration::from_secs_f64(total as f64 / tick))
+}
+
+fn is_named(pid: u32, name: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|comm| comm.trim() == name)
 }
 
 #[cfg(target_os = "linux")]

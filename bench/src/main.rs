@@ -12,6 +12,7 @@ mod ceilings;
 mod cpu;
 mod load;
 mod memory;
+mod pgbouncer;
 mod processes;
 mod report;
 mod scale;
@@ -96,6 +97,18 @@ struct Args {
     /// for the next run, and reuse those an earlier run kept.
     #[arg(long, requires = "posts")]
     keep: bool,
+    /// Measure instead the calls with the servers connected straight to
+    /// PostgreSQL and through this PgBouncer, in turns: a URL of PgBouncer in
+    /// transaction mode (1.21 or newer, with `max_prepared_statements` set),
+    /// forwarding every database to the server of DATABASE_URL (`* = host=…
+    /// port=…`). Seeding and migrations go straight to PostgreSQL.
+    #[arg(long, value_name = "URL", conflicts_with_all = ["posts", "storm_only", "tracing_cost"])]
+    pgbouncer: Option<String>,
+    /// With `--pgbouncer`: rounds of the two routes; each figure is the median
+    /// of its rounds.
+    #[arg(long, default_value_t = 3, requires = "pgbouncer",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pgbouncer_rounds: u64,
 }
 
 fn main() -> ExitCode {
@@ -145,6 +158,8 @@ async fn run(args: &Args) -> Result<u64, Box<dyn Error>> {
     let (scratch, pool) = seed::Scratch::create(&args.database_url).await?;
     let outcome = if args.tracing_cost {
         tracing_cost(args, pool.clone(), &scratch.url).await
+    } else if let Some(pgbouncer) = &args.pgbouncer {
+        through_pgbouncer(args, pgbouncer, &scratch.url).await
     } else {
         measure(args, pool.clone(), &scratch.url).await
     };
@@ -227,6 +242,27 @@ async fn tracing_cost(args: &Args, pool: sqlx::PgPool, url: &str) -> Result<u64,
     .await?;
     print!("{report}");
     Ok(0)
+}
+
+async fn through_pgbouncer(args: &Args, pgbouncer: &str, url: &str) -> Result<u64, Box<dyn Error>> {
+    seed::seed(url).await?;
+    let figures = pgbouncer::run(
+        url,
+        pgbouncer,
+        args.split,
+        args.concurrency as usize,
+        Duration::from_secs(args.seconds),
+        args.pgbouncer_rounds as usize,
+        args.verbose,
+    )
+    .await?;
+    print!("{}", pgbouncer::report(&figures, args.split));
+    if let Some(path) = &args.json {
+        let file = std::fs::File::create(path)
+            .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+        serde_json::to_writer_pretty(file, &figures)?;
+    }
+    Ok(figures.iter().map(|figure| figure.summary.failed).sum())
 }
 
 /// A few calls of each kind by each path, so that caches, pools and connections

@@ -5,7 +5,7 @@ use std::{sync::Arc, time::Duration};
 use access_token::{AuthServiceKeys, KEY_REFRESH_INTERVAL, KeysFile, TokenVerifier};
 use secrecy::{ExposeSecret, SecretString};
 
-use crate::database::{LOCK_TIMEOUT, MigrationMode};
+use crate::database::{LOCK_TIMEOUT, MigrationMode, Pooler};
 
 /// Protections a gRPC server applies to every call.
 #[derive(Debug, Clone, clap::Args)]
@@ -59,6 +59,15 @@ pub struct DatabaseArgs {
     /// Largest number of pooled connections.
     #[arg(long, env = "DATABASE_MAX_CONNECTIONS", default_value_t = 10)]
     pub database_max_connections: u32,
+    /// What DATABASE_URL leads to: `none`, PostgreSQL itself; `pgbouncer`,
+    /// PgBouncer 1.21 or newer in transaction mode with `max_prepared_statements`
+    /// set (200 is ample). Through PgBouncer no connection sets anything for its
+    /// session: the role or the database must set `statement_timeout` and
+    /// `lock_timeout` (start-up refuses a server where either is 0), and
+    /// migrations are left to a job on a direct URL (DATABASE_MIGRATIONS=verify
+    /// here; `apply` is refused).
+    #[arg(long, env = "DATABASE_POOLER", value_enum, default_value_t = Pooler::None)]
+    pub database_pooler: Pooler,
     /// Seconds a call waits for a free connection before failing with UNAVAILABLE.
     #[arg(long, env = "DATABASE_ACQUIRE_TIMEOUT_SECS", default_value_t = 5)]
     pub database_acquire_timeout_secs: u64,
@@ -105,6 +114,7 @@ impl Default for DatabaseArgs {
         Self {
             database_url: SecretString::from(DEFAULT_DATABASE_URL),
             database_max_connections: 10,
+            database_pooler: Pooler::None,
             database_acquire_timeout_secs: 5,
             database_migrations: MigrationMode::Apply,
             database_migration_lock_timeout_secs: LOCK_TIMEOUT.as_secs(),

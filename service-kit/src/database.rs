@@ -1,5 +1,6 @@
 //! Connecting to PostgreSQL at start-up: create the database if it is missing,
-//! apply the migrations (or wait until a migration job has), open the pool.
+//! apply the migrations (or wait until a migration job has), open the pool,
+//! straight to PostgreSQL or through PgBouncer ([`Pooler`]).
 
 use std::{
     collections::HashMap,
@@ -34,6 +35,23 @@ pub enum MigrationMode {
     /// Create and migrate as `apply` does, then exit without serving: the
     /// migration job.
     ApplyAndExit,
+}
+
+/// What `DATABASE_URL` leads to (`DATABASE_POOLER`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum Pooler {
+    /// PostgreSQL itself: each pooled connection is a session of its own, given
+    /// its statement and lock timeouts when it opens.
+    #[default]
+    None,
+    /// PgBouncer with `pool_mode = transaction`, which lends a server connection
+    /// to one transaction at a time, so that nothing may rest on a session. It
+    /// must be 1.21 or newer, with `max_prepared_statements` above the number of
+    /// statements the services prepare (200 is ample): see [`connect`]. The
+    /// statement and lock timeouts must then be set on the role or the database
+    /// (`alter role … set statement_timeout = '3s'`, `… lock_timeout = '1s'`),
+    /// and migrations go straight to PostgreSQL: `apply` is refused.
+    Pgbouncer,
 }
 
 /// How often `verify` looks at the schema again while migrations are missing.
@@ -84,6 +102,35 @@ pub enum DatabaseError {
     Failed { url: String, source: sqlx::Error },
     #[error("cannot apply migrations to {url}: {source}")]
     Migration { url: String, source: MigrateError },
+    /// Migrations asked of a binary that reaches PostgreSQL through PgBouncer.
+    #[error(
+        "DATABASE_MIGRATIONS={mode} cannot run through PgBouncer (DATABASE_POOLER=pgbouncer) \
+         at {url}: migrations hold a session's advisory lock and settings, which transaction \
+         pooling does not keep; migrate with a job of its own on a direct DATABASE_URL \
+         (DATABASE_MIGRATIONS=apply-and-exit, DATABASE_POOLER=none), and start this binary \
+         with DATABASE_MIGRATIONS=verify"
+    )]
+    MigrationsThroughPooler { url: String, mode: &'static str },
+    /// Through PgBouncer, the server would let statements run without a limit.
+    #[error(
+        "through PgBouncer (DATABASE_POOLER=pgbouncer) at {url}, statements would run without \
+         a time limit: role {role:?} in database {database:?} has statement_timeout \
+         {statement_timeout}ms and lock_timeout {lock_timeout}ms (0 is none), and a pooler keeps \
+         no setting a connection makes; set them on the server, as a direct connection sets \
+         them itself: `alter role \"{role}\" in database \"{database}\" set statement_timeout \
+         = '{}ms'` and `... set lock_timeout = '{}ms'` (or `alter database ... set`), then \
+         start again",
+        STATEMENT_TIMEOUT.as_millis(),
+        LOCK_TIMEOUT.as_millis()
+    )]
+    UnboundedTimeouts {
+        url: String,
+        role: String,
+        database: String,
+        /// Milliseconds; 0 is none.
+        statement_timeout: i64,
+        lock_timeout: i64,
+    },
     /// `verify` found applied migrations that contradict this binary's.
     #[error("cannot verify the migrations applied to {url}: {source}")]
     Verification { url: String, source: MigrateError },
@@ -105,6 +152,21 @@ pub enum DatabaseError {
 
 /// A pool on a database that exists and has every migration applied: applied
 /// here, or by a migration job when `args` says `verify`.
+///
+/// Through PgBouncer in transaction mode ([`Pooler::Pgbouncer`]) the pool sets
+/// nothing per session: PgBouncer refuses `options` in the startup packet (a
+/// newer one, the settings there that it does not track, timeouts among them),
+/// and a `SET` would stay on whichever server connection ran it, for whichever
+/// client comes next. The server's own timeouts are checked instead. sqlx's
+/// statements need PgBouncer to track prepared statements (1.21 or newer,
+/// `max_prepared_statements`): sqlx names each statement it prepares and
+/// describes it in a round trip before the one that runs it, and an older
+/// PgBouncer may send the two to different server connections, where the
+/// name is unknown, or belongs to another client's statement. Its unnamed
+/// statements fare no better (the second round trip may bind another client's
+/// unnamed statement: a wrong answer, not an error), and with its statement
+/// cache off sqlx 0.9 still names every statement (leaving one behind on the
+/// server per execution), so no setting of sqlx makes an older PgBouncer safe.
 pub async fn connect(args: &DatabaseArgs) -> Result<PgPool, DatabaseError> {
     let url = args.redacted_url();
     let options = parse(args)?;
@@ -112,16 +174,70 @@ pub async fn connect(args: &DatabaseArgs) -> Result<PgPool, DatabaseError> {
         MigrationMode::Apply | MigrationMode::ApplyAndExit => apply(args, &options).await?,
         MigrationMode::Verify => wait_until_migrated(args, &options).await?,
     }
+    let serving = match args.database_pooler {
+        Pooler::None => options.options(serving_limits()),
+        Pooler::Pgbouncer => options,
+    };
     let pool = PgPoolOptions::new()
         .max_connections(args.database_max_connections)
         // Each acquire's wait, as an event the metrics turn into a histogram.
         .acquire_time_level(log::LevelFilter::Debug)
         .acquire_timeout(Duration::from_secs(args.database_acquire_timeout_secs))
-        .connect_with(options.options(serving_limits()))
+        .connect_with(serving)
         .await
         .map_err(|source| classify(&url, source))?;
+    if args.database_pooler == Pooler::Pgbouncer
+        && let Err(error) = check_server_limits(&url, &pool).await
+    {
+        pool.close().await;
+        return Err(error);
+    }
     crate::metrics::watch_pool(pool.clone());
     Ok(pool)
+}
+
+/// Through a pooler the serving limits come from the server (the role's or the
+/// database's settings): refuses a server that would let a statement, or a wait
+/// for a lock, run without end, and says so when its limits are looser than a
+/// direct connection's.
+async fn check_server_limits(url: &str, pool: &PgPool) -> Result<(), DatabaseError> {
+    let (role, database, statement_timeout, lock_timeout): (String, String, i64, i64) =
+        sqlx::query_as(
+            "select current_user::text, current_database()::text,
+                    (select setting::int8 from pg_settings where name = 'statement_timeout'),
+                    (select setting::int8 from pg_settings where name = 'lock_timeout')",
+        )
+        .fetch_one(pool)
+        .await
+        .map_err(|source| classify(url, source))?;
+    let ms = |millis: i64| format!("{millis}ms");
+    if statement_timeout == 0 || lock_timeout == 0 {
+        return Err(DatabaseError::UnboundedTimeouts {
+            url: url.to_owned(),
+            role,
+            database,
+            statement_timeout,
+            lock_timeout,
+        });
+    }
+    let looser =
+        |millis: i64, limit: Duration| u128::from(millis.unsigned_abs()) > limit.as_millis();
+    if looser(statement_timeout, STATEMENT_TIMEOUT) || looser(lock_timeout, LOCK_TIMEOUT) {
+        tracing::warn!(
+            statement_timeout = ms(statement_timeout),
+            lock_timeout = ms(lock_timeout),
+            direct_statement_timeout = ms(STATEMENT_TIMEOUT.as_millis() as i64),
+            direct_lock_timeout = ms(LOCK_TIMEOUT.as_millis() as i64),
+            "the server's timeouts are looser than those of a direct connection: statements may run on after their calls gave up"
+        );
+    } else {
+        tracing::info!(
+            statement_timeout = ms(statement_timeout),
+            lock_timeout = ms(lock_timeout),
+            "serving through PgBouncer, with the timeouts the server sets"
+        );
+    }
+    Ok(())
 }
 
 /// Creates the database if it is missing and applies the migrations it lacks,
@@ -151,6 +267,13 @@ pub async fn run_migration_job(name: &str, args: &DatabaseArgs) -> ExitCode {
 /// its own.
 async fn apply(args: &DatabaseArgs, options: &PgConnectOptions) -> Result<(), DatabaseError> {
     let url = args.redacted_url();
+    if args.database_pooler == Pooler::Pgbouncer {
+        let mode = match args.database_migrations {
+            MigrationMode::ApplyAndExit => "apply-and-exit",
+            MigrationMode::Apply | MigrationMode::Verify => "apply",
+        };
+        return Err(DatabaseError::MigrationsThroughPooler { url, mode });
+    }
     // A migration may well be slow (an index on a big table): sqlx would log
     // its whole text as a slow statement.
     let options = &options.clone().disable_statement_logging();
@@ -199,8 +322,16 @@ fn parse(args: &DatabaseArgs) -> Result<PgConnectOptions, DatabaseError> {
     if parsed.host_str().is_none_or(str::is_empty) && !raw.contains("host=") {
         return Err(bad("it names no host".to_owned()));
     }
-    raw.parse()
-        .map_err(|error: sqlx::Error| bad(error.to_string()))
+    let options: PgConnectOptions = raw
+        .parse()
+        .map_err(|error: sqlx::Error| bad(error.to_string()))?;
+    Ok(match args.database_pooler {
+        Pooler::None => options,
+        // PgBouncer refuses startup parameters it does not track, unless told to
+        // ignore them; this one only shapes floats sent as text, and sqlx's
+        // prepared statements send them in binary.
+        Pooler::Pgbouncer => options.extra_float_digits(None),
+    })
 }
 
 /// Creates the database `options` names, through the maintenance database, as
@@ -268,6 +399,10 @@ impl From<sqlx::Error> for Failure {
 /// none. The advisory lock is held around the whole, retries included, so what
 /// is logged is what this process applied, even when several start at once.
 async fn migrate_locked(conn: &mut PgConnection, args: &DatabaseArgs) -> Result<(), Failure> {
+    // A migration may take long (an index on a big table), whatever statement
+    // timeout the role or the database sets for the services (as they must
+    // behind PgBouncer).
+    set_session_timeout(conn, "statement_timeout", Duration::ZERO).await?;
     // Waiting for another process's migrations is fine, however long they take:
     // only the waits of this one's own statements are bounded.
     set_lock_timeout(conn, Duration::ZERO).await?;
@@ -375,7 +510,17 @@ async fn table_exists(conn: &mut PgConnection) -> Result<bool, sqlx::Error> {
 }
 
 async fn set_lock_timeout(conn: &mut PgConnection, timeout: Duration) -> Result<(), sqlx::Error> {
-    sqlx::query("select set_config('lock_timeout', $1, false)")
+    set_session_timeout(conn, "lock_timeout", timeout).await
+}
+
+/// Sets timeout `name` for the rest of the session; zero is none.
+async fn set_session_timeout(
+    conn: &mut PgConnection,
+    name: &str,
+    timeout: Duration,
+) -> Result<(), sqlx::Error> {
+    sqlx::query("select set_config($1, $2, false)")
+        .bind(name)
         .bind(format!("{}ms", timeout.as_millis()))
         .execute(conn)
         .await
