@@ -43,7 +43,11 @@ impl ErrorReason {
             | R::TokenKeyUnknown
             | R::TokenInvalid
             | R::InvalidCredentials
-            | R::AccountDeleted => Code::Unauthenticated,
+            | R::AccountDeleted
+            | R::TokenRevoked
+            | R::RefreshTokenInvalid
+            | R::RefreshTokenExpired
+            | R::RefreshTokenReused => Code::Unauthenticated,
             R::TokenKeysUnavailable | R::DependencyUnavailable => Code::Unavailable,
             R::EmailAlreadyRegistered | R::AlreadyLiked => Code::AlreadyExists,
             R::UserNotFound | R::PostNotFound | R::NotLiked => Code::NotFound,
@@ -51,7 +55,7 @@ impl ErrorReason {
             | R::PasswordHashingBusy
             | R::RegistrationThrottled
             | R::QuotaExceeded => Code::ResourceExhausted,
-            R::NotPostOwner => Code::PermissionDenied,
+            R::NotPostOwner | R::NotAccountOwner => Code::PermissionDenied,
             R::EtagMismatch => Code::Aborted,
             R::DependencyTimeout => Code::DeadlineExceeded,
             R::MethodNotFound => Code::Unimplemented,

@@ -117,10 +117,19 @@ const VOTES: &str = votes::v1::vote_service_server::SERVICE_NAME;
 pub const RPCS: &[Rpc] = &[
     Rpc::new(USERS, "CreateUser").public().without_token(),
     Rpc::new(USERS, "GetUser").public().read_only(),
+    Rpc::new(USERS, "ChangePassword").public(),
+    Rpc::new(USERS, "DeleteUser").public(),
     Rpc::new(USERS, "BatchGetUsers").read_only(),
     Rpc::new(AUTH, "Login").public().without_token(),
+    Rpc::new(AUTH, "RefreshToken").public().without_token(),
+    Rpc::new(AUTH, "Logout").public(),
+    Rpc::new(AUTH, "LogoutAll").public(),
+    Rpc::new(AUTH, "ListSessions").public().read_only(),
     Rpc::new(AUTH, "VerifyToken").without_token().read_only(),
     Rpc::new(AUTH, "GetJwks").without_token().read_only(),
+    Rpc::new(AUTH, "ListRevokedSessions")
+        .without_token()
+        .read_only(),
     Rpc::new(POSTS, "CreatePost").public(),
     Rpc::new(POSTS, "GetPost").public().read_only(),
     Rpc::new(POSTS, "ListPosts").public().read_only(),

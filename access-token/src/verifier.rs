@@ -1,9 +1,10 @@
-//! Checks access tokens against cached public keys.
+//! Checks access tokens against cached public keys, and refuses those of
+//! sessions that have ended.
 
 use std::{
     collections::HashMap,
     sync::{Arc, RwLock},
-    time::{Duration, Instant},
+    time::{Duration, Instant, SystemTime},
 };
 
 use agora_proto::errors::ErrorReason;
@@ -11,7 +12,7 @@ use base64::{Engine, engine::general_purpose::URL_SAFE_NO_PAD};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use uuid::Uuid;
 
-use crate::{AUDIENCE, Caller, Claims, ISSUER, KeySource, keys::is_eddsa};
+use crate::{AUDIENCE, Caller, Claims, ISSUER, KeySource, RevocationSource, keys::is_eddsa};
 
 /// Clock skew tolerated on `exp`, `nbf` and `iat`.
 const LEEWAY_SECONDS: u64 = 10;
@@ -29,6 +30,17 @@ const MIN_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 /// set (say, after it leaked) stops being trusted, and the tokens it signed stop
 /// being remembered, within this bound and the time a fetch takes.
 pub const KEY_REFRESH_INTERVAL: Duration = Duration::from_secs(60);
+
+/// How often a verifier kept fresh ([`TokenVerifier::keep_revocations_fresh`])
+/// asks which sessions have ended: the access tokens of an ended session are
+/// refused within this bound plus the time a fetch takes. (The source's `as_of`
+/// trails its clock so that a late commit is not missed; that repeats some
+/// sessions, it delays none.)
+pub const REVOCATION_REFRESH_INTERVAL: Duration = Duration::from_secs(2);
+/// The shortest interval between two fetches of the ended sessions.
+const MIN_REVOCATION_REFRESH_INTERVAL: Duration = Duration::from_millis(100);
+/// A fetch of the ended sessions that takes longer counts as failed.
+const REVOCATION_FETCH_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a token was refused. The messages are safe to show to the caller.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -60,6 +72,10 @@ pub enum TokenError {
     NotYetValid,
     #[error("access token signed with an unknown key")]
     UnknownKey,
+    /// Genuine, but its session has ended (a logout, a password change, the
+    /// account deleted...).
+    #[error("access token revoked: its session has ended, log in again")]
+    Revoked,
     /// The token names a key not seen yet, and the keys cannot be fetched now.
     #[error("cannot verify access tokens right now, try again")]
     KeysUnavailable,
@@ -79,6 +95,7 @@ impl TokenError {
                 ErrorReason::TokenInvalid
             }
             TokenError::UnknownKey => ErrorReason::TokenKeyUnknown,
+            TokenError::Revoked => ErrorReason::TokenRevoked,
             TokenError::KeysUnavailable => ErrorReason::TokenKeysUnavailable,
             TokenError::Invalid => ErrorReason::TokenInvalid,
         }
@@ -104,8 +121,15 @@ const MAX_VERIFIED: usize = 10_000;
 /// A token that verified is remembered until its `exp`, so the signature math is
 /// done once per token in each process, however many calls carry it. It is
 /// forgotten sooner when the key that signed it leaves the key set.
+///
+/// Given a [`RevocationSource`] ([`TokenVerifier::with_revocations`]) and kept
+/// fresh ([`TokenVerifier::keep_revocations_fresh`]), it also refuses the tokens
+/// whose `sid` names a session that has ended, remembered ones included.
 pub struct TokenVerifier {
     source: Box<dyn KeySource>,
+    revocation_source: Option<Box<dyn RevocationSource>>,
+    /// Ended sessions, each with when its last access token expires.
+    revoked: RwLock<HashMap<Uuid, SystemTime>>,
     keys: RwLock<HashMap<String, Arc<DecodingKey>>>,
     /// Verified tokens (the whole token, so a changed byte is another token) and
     /// the key that signed each.
@@ -130,6 +154,8 @@ impl TokenVerifier {
         validation.leeway = LEEWAY_SECONDS;
         Self {
             source: Box::new(source),
+            revocation_source: None,
+            revoked: RwLock::new(HashMap::new()),
             keys: RwLock::new(HashMap::new()),
             verified: RwLock::new(HashMap::new()),
             last_refresh: tokio::sync::Mutex::new(None),
@@ -144,6 +170,111 @@ impl TokenVerifier {
     pub fn with_max_lifetime(mut self, max_lifetime: Duration) -> Self {
         self.max_lifetime_secs = max_lifetime.as_secs();
         self
+    }
+
+    /// Refuses the tokens of sessions that `source` says have ended, once
+    /// [`TokenVerifier::keep_revocations_fresh`] asks it. Tokens without `sid`
+    /// are unaffected.
+    pub fn with_revocations(mut self, source: impl RevocationSource) -> Self {
+        self.revocation_source = Some(Box::new(source));
+        self
+    }
+
+    /// Asks the revocation source which sessions have ended, at once and then
+    /// every `every` ([`REVOCATION_REFRESH_INTERVAL`] by default), each time
+    /// since the `as_of` of the last answer, for as long as the verifier lives.
+    /// A session is remembered until its last token expires (plus the clock skew
+    /// tolerated). Does nothing without [`TokenVerifier::with_revocations`].
+    /// Needs a Tokio runtime.
+    ///
+    /// While the source cannot be reached (and before it first answers), the
+    /// sessions known stay refused and every other token is accepted: refusing
+    /// all of them would turn an auth-service outage into a total one. The
+    /// exposure is a token of a session ended meanwhile, for at most its
+    /// remaining lifetime. One warning is logged when fetches start failing and
+    /// one info line when they work again; the gauges
+    /// `token_revocations_age_seconds` (since the last fetch that worked, or
+    /// since the start while none has) and `token_revocations_known` tell how
+    /// current the verifier is.
+    pub fn keep_revocations_fresh(self: &Arc<Self>, every: Duration) {
+        if self.revocation_source.is_none() {
+            return;
+        }
+        let every = every.max(MIN_REVOCATION_REFRESH_INTERVAL);
+        let verifier = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut poll = RevocationPoll::new();
+            let mut ticks = tokio::time::interval(every);
+            ticks.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                // The first tick is at once: nothing ended is known yet.
+                ticks.tick().await;
+                let Some(verifier) = verifier.upgrade() else {
+                    return;
+                };
+                verifier.refresh_revocations(&mut poll).await;
+            }
+        });
+    }
+
+    /// Fetches the sessions ended since the last answer, and forgets those whose
+    /// tokens have all expired.
+    async fn refresh_revocations(&self, poll: &mut RevocationPoll) {
+        let Some(source) = &self.revocation_source else {
+            return;
+        };
+        let fetched =
+            tokio::time::timeout(REVOCATION_FETCH_TIMEOUT, source.revoked_since(poll.since))
+                .await
+                .unwrap_or_else(|_| {
+                    Err(crate::RevocationSourceError("no answer in time".to_owned()))
+                });
+        // An entry outlives its expiry by the skew tolerated on `exp`.
+        let leeway = Duration::from_secs(LEEWAY_SECONDS);
+        let now = SystemTime::now();
+        let known = {
+            let mut revoked = self
+                .revoked
+                .write()
+                .expect("revoked sessions lock poisoned");
+            if let Ok(answer) = &fetched {
+                for &(session, expires) in &answer.sessions {
+                    let entry = revoked.entry(session).or_insert(expires);
+                    *entry = (*entry).max(expires);
+                }
+            }
+            revoked.retain(|_, expires| expires.checked_add(leeway).is_none_or(|end| end > now));
+            revoked.len()
+        };
+        match fetched {
+            Ok(answer) => {
+                poll.since = Some(answer.as_of);
+                poll.last_success = Some(tokio::time::Instant::now());
+                if poll.failing {
+                    tracing::info!(known, "ended sessions fetched again");
+                    poll.failing = false;
+                }
+            }
+            Err(error) if !poll.failing => {
+                tracing::warn!(%error, known,
+                    "cannot fetch the ended sessions; refusing those known, accepting other tokens");
+                poll.failing = true;
+            }
+            Err(error) => tracing::debug!(%error, "still cannot fetch the ended sessions"),
+        }
+        let age = poll.last_success.unwrap_or(poll.started).elapsed();
+        metrics::gauge!("token_revocations_age_seconds").set(age.as_secs_f64());
+        metrics::gauge!("token_revocations_known").set(known as f64);
+    }
+
+    /// Whether the caller's session has ended: a read lock and a lookup.
+    fn is_revoked(&self, caller: &Caller) -> bool {
+        caller.session_id.is_some_and(|session| {
+            self.revoked
+                .read()
+                .expect("revoked sessions lock poisoned")
+                .contains_key(&session)
+        })
     }
 
     /// Fetches the key set every `every` (at most every few seconds) for as long
@@ -172,21 +303,28 @@ impl TokenVerifier {
 
     /// Checks `token` (without the `Bearer ` prefix) and returns whose it is.
     pub async fn verify(&self, token: &str) -> Result<Caller, TokenError> {
-        if let Some(caller) = self.remembered(token) {
-            metrics::counter!("token_verifications_total", "outcome" => "remembered").increment(1);
-            return Ok(caller);
-        }
-        let (caller, kid) = match self.verify_signature(token).await {
-            Ok(verified) => verified,
-            Err(error) => {
-                metrics::counter!("token_verifications_total",
-                    "outcome" => error.reason().reason())
-                .increment(1);
-                return Err(error);
-            }
+        let refused = |error: TokenError| {
+            metrics::counter!("token_verifications_total",
+                "outcome" => error.reason().reason())
+            .increment(1);
+            Err(error)
         };
-        metrics::counter!("token_verifications_total", "outcome" => "verified").increment(1);
-        self.remember(token, caller, kid);
+        let (caller, outcome) = match self.remembered(token) {
+            Some(caller) => (caller, "remembered"),
+            None => match self.verify_signature(token).await {
+                Ok((caller, kid)) => {
+                    // Even if revoked: asked again, it costs a lookup, not a signature.
+                    self.remember(token, caller, kid);
+                    (caller, "verified")
+                }
+                Err(error) => return refused(error),
+            },
+        };
+        // On every call: a session may end after its tokens were remembered.
+        if self.is_revoked(&caller) {
+            return refused(TokenError::Revoked);
+        }
+        metrics::counter!("token_verifications_total", "outcome" => outcome).increment(1);
         Ok(caller)
     }
 
@@ -350,6 +488,27 @@ fn names_critical_parameters(token: &str) -> Result<bool, TokenError> {
     let header: serde_json::Map<String, serde_json::Value> =
         serde_json::from_slice(&json).map_err(|_| TokenError::Malformed)?;
     Ok(header.contains_key("crit"))
+}
+
+/// Where [`TokenVerifier::keep_revocations_fresh`] stands.
+struct RevocationPoll {
+    /// The `as_of` of the last answer.
+    since: Option<SystemTime>,
+    started: tokio::time::Instant,
+    last_success: Option<tokio::time::Instant>,
+    /// Whether the last fetch failed, so that an outage is logged once.
+    failing: bool,
+}
+
+impl RevocationPoll {
+    fn new() -> Self {
+        Self {
+            since: None,
+            started: tokio::time::Instant::now(),
+            last_success: None,
+            failing: false,
+        }
+    }
 }
 
 /// A token that verified, and the key that signed it.

@@ -114,7 +114,27 @@ pub struct AuthSettings {
     /// client itself. The default believes a gateway on the same host.
     #[arg(long, env = "TRUSTED_CALLERS", default_value = "127.0.0.0/8,::1")]
     pub trusted_callers: TrustedNetworks,
+    /// Seconds a session may go without a refresh before its refresh token
+    /// expires (REFRESH_TOKEN_EXPIRED); each login or refresh starts the count
+    /// again. 30 days by default.
+    #[arg(long, env = "SESSION_IDLE_TIMEOUT_SECS", default_value_t = 30 * DAY_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub session_idle_timeout_secs: u64,
+    /// Seconds after its login that a session ends however often it is
+    /// refreshed: then only the password starts a new one. 90 days by default.
+    #[arg(long, env = "SESSION_MAX_AGE_SECS", default_value_t = 90 * DAY_SECS,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub session_max_age_secs: u64,
+    /// Milliseconds between two reads of the ended sessions by auth-service's
+    /// own token check (VerifyToken and the calls that need a token), 100 to
+    /// 60000: an access token of a session ended on another replica is
+    /// refused here within this bound.
+    #[arg(long, env = "REVOKED_SESSIONS_RELOAD_MS", default_value_t = 2000,
+          value_parser = clap::value_parser!(u64).range(100..=60_000))]
+    pub revoked_sessions_reload_ms: u64,
 }
+
+const DAY_SECS: u64 = 24 * 60 * 60;
 
 impl Default for AuthSettings {
     fn default() -> Self {
@@ -131,6 +151,9 @@ impl Default for AuthSettings {
             login_delay_max_secs: 300,
             login_failure_window_secs: 900,
             trusted_callers: TrustedNetworks::loopback(),
+            session_idle_timeout_secs: 30 * DAY_SECS,
+            session_max_age_secs: 90 * DAY_SECS,
+            revoked_sessions_reload_ms: 2000,
         }
     }
 }
@@ -146,6 +169,18 @@ impl AuthSettings {
 
     pub fn login_failure_window(&self) -> Duration {
         Duration::from_secs(self.login_failure_window_secs)
+    }
+
+    pub fn session_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.session_idle_timeout_secs)
+    }
+
+    pub fn session_max_age(&self) -> Duration {
+        Duration::from_secs(self.session_max_age_secs)
+    }
+
+    pub fn revoked_sessions_reload(&self) -> Duration {
+        Duration::from_millis(self.revoked_sessions_reload_ms)
     }
 }
 

@@ -1,5 +1,7 @@
-//! auth-service: registers users, logs them in with argon2id-hashed passwords, and
-//! issues EdDSA access tokens whose public keys it publishes as a JWK Set.
+//! auth-service: registers users, logs them in with argon2id-hashed passwords
+//! into sessions kept alive by refresh tokens, issues EdDSA access tokens whose
+//! public keys it publishes as a JWK Set, and publishes the sessions that ended
+//! so that every verifier refuses their tokens.
 //!
 //! It owns the `auth` schema. Its [`Config`] is a [`ServiceConfig`]:
 //! `service_kit::service::build` makes a bound server from it, and `main.rs` runs
@@ -12,6 +14,7 @@ mod hashing_threads;
 mod key_commands;
 mod keys;
 mod password;
+mod sessions;
 mod throttle;
 mod tokens;
 mod users;
@@ -31,6 +34,23 @@ pub use config::{AuthSettings, Config, KeyCommand};
 pub use users::email_key;
 /// For tests: what the periodic purge started by `served_api` does each round.
 pub use users::purge_expired_request_ids;
+
+/// For tests: the sessions part of the periodic purge. Deletes the sessions past
+/// `settings`' idle timeout or longest lifetime, and the revocations of ended
+/// sessions whose access tokens have all expired; how many rows.
+pub async fn purge_sessions(
+    conn: &mut sqlx::PgConnection,
+    settings: &AuthSettings,
+) -> Result<u64, service_kit::ApiError> {
+    sessions::purge(conn, session_lifetimes(settings)).await
+}
+
+fn session_lifetimes(settings: &AuthSettings) -> sessions::Lifetimes {
+    sessions::Lifetimes {
+        idle: settings.session_idle_timeout(),
+        max_age: settings.session_max_age(),
+    }
+}
 
 /// The `auth-service` binary: serves until a shutdown signal, or makes one change
 /// to the signing keys and exits.
@@ -85,9 +105,14 @@ impl ServiceConfig for Config {
             }
             keys.reload_periodically(pool.clone(), seal, reload_every);
         }
-        // auth-service verifies with its own key ring; no network round trip.
-        let verifier = Arc::new(TokenVerifier::new(keys::RingKeys(keys.clone())));
+        // auth-service verifies with its own key ring and reads the ended
+        // sessions from its own tables; no network round trip.
+        let verifier = Arc::new(
+            TokenVerifier::new(keys::RingKeys(keys.clone()))
+                .with_revocations(sessions::StoredRevocations(pool.clone())),
+        );
         verifier.keep_keys_fresh(reload_every);
+        verifier.keep_revocations_fresh(config.auth.revoked_sessions_reload());
         let passwords = password::Passwords::new(
             config.auth.password_hashing_concurrency,
             config.auth.password_hashing_queue,
@@ -105,6 +130,7 @@ impl ServiceConfig for Config {
             )),
             throttle: throttle.clone(),
             trusted_callers: config.auth.trusted_callers.clone(),
+            session_lifetimes: session_lifetimes(&config.auth),
         };
         let max_message_bytes = config.common.limits.max_message_bytes;
         let users = UserServiceServer::new(grpc::UserApi {
@@ -117,13 +143,16 @@ impl ServiceConfig for Config {
             verifier: verifier.clone(),
         })
         .max_decoding_message_size(max_message_bytes);
-        // Request ids past their lifetime, and login failure counts past their window.
+        // Request ids past their lifetime, login failure counts past their
+        // window, expired sessions, and revocations whose tokens have expired.
+        let lifetimes = session_lifetimes(&config.auth);
         tokio::spawn(request_ids::purge_periodically(pool.clone(), move |pool| {
             let throttle = throttle.clone();
             async move {
                 let mut conn = pool.acquire().await?;
                 let ids = users::purge_expired_request_ids(&mut conn).await?;
-                Ok(ids + throttle.purge_ended(&mut conn).await?)
+                let failures = throttle.purge_ended(&mut conn).await?;
+                Ok(ids + failures + sessions::purge(&mut conn, lifetimes).await?)
             }
         }));
         Ok(ServedApi::new(

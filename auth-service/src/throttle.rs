@@ -12,6 +12,11 @@
 //!   addresses that have failed themselves within the window. An owner typing
 //!   the right password from an address with no failures is never slowed, however
 //!   hard the account is attacked elsewhere; an attacker, who fails, is.
+//! - A refresh token names no account until it is found, so an invalid one
+//!   counts for its address alone ([`LoginKeys::address_only`]), and a refresh
+//!   from an address past its allowance waits like a login.
+//! - The calls that check the password of a signed-in user (changing it,
+//!   deleting the account) count like logins for that user's account.
 //!
 //! The delay past an allowance of `free` is `min(base * 2^(failures - free),
 //! max)`: with the defaults (1 s, 5 minutes) it reaches its cap after nine
@@ -42,7 +47,8 @@ const MAX_COUNTED: i32 = 1_000_000;
 /// The counts one login is checked against and adds to.
 #[derive(Debug, Clone)]
 pub struct LoginKeys {
-    account: String,
+    /// None for a refresh token, which names no account until it is found.
+    account: Option<String>,
     address: String,
 }
 
@@ -50,16 +56,28 @@ impl LoginKeys {
     /// For the account with email key `email_key`, tried from `client`; calls
     /// that name no client share one count.
     pub fn new(email_key: &str, client: Option<IpAddr>) -> Self {
+        Self {
+            account: Some(account_key(email_key)),
+            ..Self::address_only(client)
+        }
+    }
+
+    /// For `client` alone: refresh tokens, whose failures are the address's.
+    pub fn address_only(client: Option<IpAddr>) -> Self {
         let address = match client.map(counted_as) {
             Some(IpNet::V4(v4)) => v4.addr().to_string(),
             Some(IpNet::V6(v6)) => v6.to_string(),
             None => "unknown".to_owned(),
         };
         Self {
-            account: format!("account:{email_key}"),
+            account: None,
             address: format!("address:{address}"),
         }
     }
+}
+
+fn account_key(email_key: &str) -> String {
+    format!("account:{email_key}")
 }
 
 /// Whether the account had failed logins in the current window when checked.
@@ -138,7 +156,7 @@ impl LoginThrottle {
                 )
             })
         };
-        let account = found(&keys.account);
+        let account = keys.account.as_deref().and_then(found);
         let address = found(&keys.address);
         let address_wait = address.and_then(|(failures, since)| {
             self.wait(failures, self.free_per_address, since)
@@ -187,7 +205,12 @@ impl LoginThrottle {
             return Ok(());
         }
         // Sorted, so two concurrent failures lock their rows in one order.
-        let keys = [keys.account.clone(), keys.address.clone()];
+        let keys: Vec<String> = keys
+            .account
+            .iter()
+            .chain([&keys.address])
+            .cloned()
+            .collect();
         sqlx::query!(
             "insert into auth.login_failures as counted (key, failures)
              select key, 1 from unnest($1::text[]) as key order by key
@@ -213,14 +236,26 @@ impl LoginThrottle {
         keys: &LoginKeys,
         counted: Counted,
     ) -> Result<(), ApiError> {
-        if !counted.0 {
+        let Some(account) = keys.account.as_deref().filter(|_| counted.0) else {
             return Ok(());
-        }
-        sqlx::query!(
-            "delete from auth.login_failures where key = $1",
-            keys.account
+        };
+        sqlx::query!("delete from auth.login_failures where key = $1", account)
+            .execute(pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Deletes the account's count, for an account being deleted: keyed by its
+    /// email, it would name the account after it is gone. Both keys go, as this
+    /// service computes it and as `auth.email_key` does, should their Unicode
+    /// tables differ.
+    pub async fn forget_account(conn: &mut PgConnection, email: &str) -> Result<(), ApiError> {
+        sqlx::query(
+            "delete from auth.login_failures where key in ($1, 'account:' || auth.email_key($2))",
         )
-        .execute(pool)
+        .bind(account_key(&crate::users::email_key(email)))
+        .bind(email)
+        .execute(conn)
         .await?;
         Ok(())
     }
@@ -287,7 +322,10 @@ mod tests {
         let keys = |client: &str| LoginKeys::new("a@example.com", Some(client.parse().unwrap()));
         assert_eq!(keys("192.0.2.1").address, "address:192.0.2.1");
         assert_eq!(keys("2001:db8:1:2::5").address, "address:2001:db8:1:2::/64");
-        assert_eq!(keys("192.0.2.1").account, "account:a@example.com");
+        assert_eq!(
+            keys("192.0.2.1").account.as_deref(),
+            Some("account:a@example.com")
+        );
         assert_eq!(LoginKeys::new("k", None).address, "address:unknown");
     }
 }

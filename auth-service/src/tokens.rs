@@ -31,9 +31,8 @@ impl TokenIssuer {
         Self { keys, ttl }
     }
 
-    /// A token for `user_id` in a new login session.
-    pub fn issue(&self, user_id: Uuid) -> Result<IssuedToken, ApiError> {
-        let session_id = Uuid::now_v7();
+    /// A token for `user_id` in the login session `session_id`.
+    pub fn issue(&self, user_id: Uuid, session_id: Uuid) -> Result<IssuedToken, ApiError> {
         let now = SystemTime::now();
         let issued_at = now
             .duration_since(UNIX_EPOCH)
@@ -91,8 +90,9 @@ mod tests {
         let keys = signing_keys();
         let issuer = TokenIssuer::new(keys.clone(), Duration::from_secs(3600));
         let user_id = Uuid::now_v7();
+        let session_id = Uuid::now_v7();
 
-        let issued = issuer.issue(user_id).unwrap();
+        let issued = issuer.issue(user_id, session_id).unwrap();
 
         let header = jsonwebtoken::decode_header(&issued.token).unwrap();
         assert_eq!(header.typ.as_deref(), Some("at+jwt"), "RFC 9068");
@@ -104,6 +104,7 @@ mod tests {
             .await
             .expect("the longest configurable lifetime verifies");
         assert_eq!(caller.user_id, user_id);
-        assert_eq!(caller.session_id, Some(issued.session_id));
+        assert_eq!(caller.session_id, Some(session_id));
+        assert_eq!(issued.session_id, session_id);
     }
 }

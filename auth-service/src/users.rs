@@ -343,3 +343,98 @@ pub async fn find_many(conn: &mut PgConnection, ids: &[Uuid]) -> Result<Vec<User
     .fetch_all(conn)
     .await?)
 }
+
+/// A user's email and what their password is checked against.
+pub struct OwnCredentials {
+    pub email: String,
+    pub credentials: Credentials,
+}
+
+/// The credentials of the user with this id.
+pub async fn find_own_credentials(
+    conn: &mut PgConnection,
+    id: Uuid,
+) -> Result<Option<OwnCredentials>, ApiError> {
+    let row: Option<(String, String, String)> = sqlx::query_as(
+        "select email, password_hash, password_normalization from auth.users where id = $1",
+    )
+    .bind(id)
+    .fetch_optional(conn)
+    .await?;
+    Ok(
+        row.map(|(email, password_hash, normalization)| OwnCredentials {
+            email,
+            credentials: Credentials {
+                user_id: id,
+                password_hash,
+                normalization: Normalization::from_stored(&normalization),
+            },
+        }),
+    )
+}
+
+/// How [`lock_if_password_is`] locks the user's row.
+#[derive(Debug, Clone, Copy)]
+pub enum UserLock {
+    /// Against changes and deletion, until the transaction ends: for a new
+    /// session. Rows referring to the user (posts, likes) are written meanwhile.
+    Change,
+    /// Against everything: for deleting the user.
+    Delete,
+}
+
+/// Locks the user's row until the transaction ends, if their password hash is
+/// still `password_hash`, the one just checked: `Some(false)` if it has changed
+/// meanwhile (the password was changed), `None` if the user is gone. A password
+/// change or a deletion committed while a password was checked thus wins.
+pub async fn lock_if_password_is(
+    conn: &mut PgConnection,
+    id: Uuid,
+    password_hash: &str,
+    lock: UserLock,
+) -> Result<Option<bool>, ApiError> {
+    let sql = match lock {
+        UserLock::Change => {
+            "select password_hash = $2 from auth.users where id = $1 for no key update"
+        }
+        UserLock::Delete => "select password_hash = $2 from auth.users where id = $1 for update",
+    };
+    Ok(sqlx::query_scalar(sql)
+        .bind(id)
+        .bind(password_hash)
+        .fetch_optional(conn)
+        .await?)
+}
+
+/// Replaces the user's password hash `old_hash` with `new_hash`, of the
+/// [`Normalization::CURRENT`] form; false if the hash is no longer `old_hash`
+/// (another change came first) or the user is gone.
+pub async fn replace_password(
+    conn: &mut PgConnection,
+    id: Uuid,
+    old_hash: &str,
+    new_hash: &str,
+) -> Result<bool, ApiError> {
+    let replaced = sqlx::query(
+        "update auth.users set password_hash = $3, password_normalization = $4
+          where id = $1 and password_hash = $2",
+    )
+    .bind(id)
+    .bind(old_hash)
+    .bind(new_hash)
+    .bind(Normalization::CURRENT.as_str())
+    .execute(conn)
+    .await?;
+    Ok(replaced.rows_affected() == 1)
+}
+
+/// Deletes the user. Their sessions, refresh tokens and request ids go with
+/// them, as do their posts and likes in the other services' schemas: every
+/// foreign key to `auth.users` cascades.
+pub async fn delete(conn: &mut PgConnection, id: Uuid) -> Result<bool, ApiError> {
+    let deleted = sqlx::query("delete from auth.users where id = $1")
+        .bind(id)
+        .execute(conn)
+        .await?;
+    Ok(deleted.rows_affected() == 1)
+}

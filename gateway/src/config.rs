@@ -37,6 +37,12 @@ pub struct Config {
     #[arg(long, env = "TOKEN_KEYS_REFRESH_SECS", default_value_t = access_token::KEY_REFRESH_INTERVAL.as_secs(),
           value_parser = clap::value_parser!(u64).range(5..=3600))]
     pub token_keys_refresh_secs: u64,
+    /// Seconds between two requests to auth-service for the sessions that ended:
+    /// their access tokens are refused within this bound and a request. Unused
+    /// with JWKS_FILE.
+    #[arg(long, env = "TOKEN_REVOCATIONS_REFRESH_SECS", default_value_t = access_token::REVOCATION_REFRESH_INTERVAL.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub token_revocations_refresh_secs: u64,
     /// Origins allowed to call from a browser (gRPC-Web and HTTP); `*` for any.
     #[arg(
         long,
@@ -104,6 +110,7 @@ impl Config {
             votes_service_url: None,
             jwks_file: None,
             token_keys_refresh_secs: access_token::KEY_REFRESH_INTERVAL.as_secs(),
+            token_revocations_refresh_secs: access_token::REVOCATION_REFRESH_INTERVAL.as_secs(),
             cors_allowed_origins: vec!["*".to_owned()],
             http_show_emails: true,
             trusted_proxies: TrustedNetworks::default(),

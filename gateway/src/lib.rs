@@ -129,6 +129,7 @@ pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
         auth_service_url: urls.auth.clone(),
         jwks_file: config.jwks_file.clone(),
         token_keys_refresh_secs: config.token_keys_refresh_secs,
+        token_revocations_refresh_secs: config.token_revocations_refresh_secs,
     };
     let verifier = token_keys.verifier()?;
     let clients = clients::Clients::new(

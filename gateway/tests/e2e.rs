@@ -106,6 +106,12 @@ async fn all_in_one_serves_the_readme_examples_and_every_kind_of_client() {
         &["\"email\": \"bob@example.com\""],
         "the README's buf curl",
     );
+    let sessions = run_script(&example("sessions")).await;
+    assert_contains_all(
+        &sessions,
+        &["\"current\": true", "\"endedSessions\": 1", "TOKEN_REVOKED"],
+        "the README's sessions",
+    );
 
     // Only the public API is visible at the edge.
     let described = run_script(&format!(
@@ -118,7 +124,12 @@ async fn all_in_one_serves_the_readme_examples_and_every_kind_of_client() {
         &["rpc Login", "rpc CreateUser", "rpc GetUser"],
         "describe",
     );
-    for internal in ["rpc VerifyToken", "rpc GetJwks", "rpc BatchGetUsers"] {
+    for internal in [
+        "rpc VerifyToken",
+        "rpc GetJwks",
+        "rpc BatchGetUsers",
+        "rpc ListRevokedSessions",
+    ] {
         assert!(
             !described.contains(internal),
             "{internal} is internal:\n{described}"

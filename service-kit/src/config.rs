@@ -2,7 +2,10 @@
 
 use std::{sync::Arc, time::Duration};
 
-use access_token::{AuthServiceKeys, KEY_REFRESH_INTERVAL, KeysFile, TokenVerifier};
+use access_token::{
+    AuthServiceKeys, AuthServiceRevocations, KEY_REFRESH_INTERVAL, KeysFile,
+    REVOCATION_REFRESH_INTERVAL, TokenVerifier,
+};
 use secrecy::{ExposeSecret, SecretString};
 
 use crate::database::{LOCK_TIMEOUT, MigrationMode, Pooler};
@@ -180,12 +183,40 @@ mod tests {
             assert_eq!(DatabaseArgs::new(url).redacted_url(), expected, "for {url}");
         }
     }
+
+    #[test]
+    fn revocations_are_fetched_every_one_to_sixty_seconds() {
+        #[derive(clap::Parser)]
+        struct Settings {
+            #[command(flatten)]
+            keys: TokenKeysArgs,
+        }
+        let parse = |args: &[&str]| {
+            <Settings as clap::Parser>::try_parse_from(
+                std::iter::once("test").chain(args.iter().copied()),
+            )
+            .map(|settings| settings.keys.token_revocations_refresh_secs)
+        };
+        assert_eq!(parse(&[]).unwrap(), 2, "the default");
+        assert_eq!(
+            parse(&["--token-revocations-refresh-secs", "60"]).unwrap(),
+            60
+        );
+        for bad in ["0", "61", "-1", "soon"] {
+            assert!(
+                parse(&["--token-revocations-refresh-secs", bad]).is_err(),
+                "{bad} refused"
+            );
+        }
+    }
 }
 
-/// Where a service that does not sign tokens gets the keys to verify them.
+/// Where a service that does not sign tokens gets the keys to verify them, and
+/// learns which sessions have ended.
 #[derive(Debug, Clone, clap::Args)]
 pub struct TokenKeysArgs {
-    /// auth-service, asked for its public keys when a token names an unknown one: a
+    /// auth-service, asked for its public keys when a token names an unknown one,
+    /// and for the sessions that ended every TOKEN_REVOCATIONS_REFRESH_SECS: a
     /// URL, a comma-separated list of them (replicas), or a URL whose host is a DNS
     /// name, every address of which is a replica (looked up again every few
     /// seconds).
@@ -195,7 +226,9 @@ pub struct TokenKeysArgs {
         default_value = "http://127.0.0.1:50052"
     )]
     pub auth_service_url: String,
-    /// A JWK Set file to verify with instead of asking auth-service.
+    /// A JWK Set file to verify with instead of asking auth-service. Then nothing
+    /// tells the verifier which sessions ended: tokens of a session logged out
+    /// stay valid until they expire.
     #[arg(long, env = "JWKS_FILE")]
     pub jwks_file: Option<std::path::PathBuf>,
     /// Seconds between two fetches of the keys (or readings of the file) when no
@@ -204,6 +237,16 @@ pub struct TokenKeysArgs {
     #[arg(long, env = "TOKEN_KEYS_REFRESH_SECS", default_value_t = KEY_REFRESH_INTERVAL.as_secs(),
           value_parser = clap::value_parser!(u64).range(5..=3600))]
     pub token_keys_refresh_secs: u64,
+    /// Seconds between two requests to auth-service for the sessions that ended
+    /// (logout, password change, deleted account): their access tokens are
+    /// refused in this service within this bound and a request. While
+    /// auth-service cannot be reached, the sessions already known stay refused
+    /// and other tokens are accepted. Unused with JWKS_FILE, which has no
+    /// revocations.
+    #[arg(long, env = "TOKEN_REVOCATIONS_REFRESH_SECS",
+          default_value_t = REVOCATION_REFRESH_INTERVAL.as_secs(),
+          value_parser = clap::value_parser!(u64).range(1..=60))]
+    pub token_revocations_refresh_secs: u64,
 }
 
 impl TokenKeysArgs {
@@ -214,28 +257,38 @@ impl TokenKeysArgs {
             auth_service_url: auth_service_url.into(),
             jwks_file: None,
             token_keys_refresh_secs: KEY_REFRESH_INTERVAL.as_secs(),
+            token_revocations_refresh_secs: REVOCATION_REFRESH_INTERVAL.as_secs(),
         }
     }
 
     /// A verifier on these keys, which fetches them again every
     /// `token_keys_refresh_secs` (a JWK Set file is read again), so a key removed
-    /// from the set stops being trusted within that bound. It connects lazily, so
-    /// auth-service may start later; needs a Tokio runtime.
+    /// from the set stops being trusted within that bound. From auth-service, it
+    /// also asks, over the same channel, which sessions ended every
+    /// `token_revocations_refresh_secs`, and refuses their tokens; a JWK Set
+    /// file has no revocations. It connects lazily, so auth-service may start
+    /// later; needs a Tokio runtime.
     pub fn verifier(&self) -> Result<Arc<TokenVerifier>, KeyConfigError> {
         let verifier = match &self.jwks_file {
             Some(path) => {
                 let file = KeysFile(path.clone());
                 // Read once now, so that a bad file stops the start-up.
                 file.read().map_err(|error| KeyConfigError(error.0))?;
-                TokenVerifier::new(file)
+                Arc::new(TokenVerifier::new(file))
             }
             None => {
                 let auth = crate::client::upstream(&self.auth_service_url)
                     .map_err(|error| KeyConfigError(format!("AUTH_SERVICE_URL: {error}")))?;
-                TokenVerifier::new(AuthServiceKeys::new(auth.channel()))
+                let verifier = Arc::new(
+                    TokenVerifier::new(AuthServiceKeys::new(auth.channel()))
+                        .with_revocations(AuthServiceRevocations::new(auth.channel())),
+                );
+                verifier.keep_revocations_fresh(Duration::from_secs(
+                    self.token_revocations_refresh_secs,
+                ));
+                verifier
             }
         };
-        let verifier = Arc::new(verifier);
         verifier.keep_keys_fresh(Duration::from_secs(self.token_keys_refresh_secs));
         Ok(verifier)
     }

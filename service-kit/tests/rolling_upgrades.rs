@@ -331,10 +331,19 @@ async fn a_migration_blocked_by_a_lock_gives_up_tries_again_and_applies_once_it_
     pool.close().await;
     assert_eq!(scratch.applied().await, known_versions());
     assert!(scratch.has_relation("votes.like_counts").await);
+    // Every migration from 10 on, as the one line of the start that applied them.
+    let from_ten: Vec<String> = known_versions()
+        .into_iter()
+        .filter(|version| *version >= 10)
+        .map(|version| version.to_string())
+        .collect();
+    let applied = format!(
+        "applied database migrations applied=[{}]",
+        from_ten.join(", ")
+    );
     assert!(
-        log.text()
-            .contains("applied database migrations applied=[10, 11, 12]"),
-        "every migration of every attempt is reported:\n{}",
+        log.text().contains(&applied),
+        "every migration of every attempt is reported ({applied}):\n{}",
         log.text()
     );
     scratch.drop_now().await;

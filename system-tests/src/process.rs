@@ -373,6 +373,20 @@ impl<const REPLICAS: usize> Topology<REPLICAS> {
         url(self.http_port)
     }
 
+    /// A channel straight to a service, bypassing the gateway: `posts-service`
+    /// (its first replica), `votes-service` or `auth-service`.
+    pub fn service(&self, name: &str) -> Channel {
+        let port = match name {
+            "auth-service" => self.auth_port,
+            "votes-service" => self.votes_port,
+            "posts-service" => self.posts_ports[0],
+            other => panic!("no service named {other}"),
+        };
+        Channel::from_shared(url(port))
+            .expect("a valid URL")
+            .connect_lazy()
+    }
+
     /// A channel to [`Topology::edge_url`], connecting on its first call.
     pub fn edge(&self) -> Channel {
         Channel::from_shared(self.edge_url())

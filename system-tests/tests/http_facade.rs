@@ -379,8 +379,13 @@ async fn login_takes_an_oauth2_password_form(pool: PgPool) {
             .answer()
             .await;
         let token = expect(response, StatusCode::OK).await;
-        assert_eq!(keys(&token), ["access_token", "token_type"]);
+        // The course's two fields, and the session's.
+        assert_eq!(
+            keys(&token),
+            ["access_token", "expires_in", "refresh_token", "token_type"]
+        );
         assert_eq!(token["token_type"], "bearer");
+        assert!(token["expires_in"].as_i64().unwrap() > 0, "{token}");
 
         // The token works.
         let me = facade
@@ -965,6 +970,13 @@ async fn openapi_document_and_docs_page(pool: PgPool) {
         ("/posts/{id}", "patch"),
         ("/posts/{id}", "delete"),
         ("/vote/", "post"),
+        ("/refresh", "post"),
+        ("/logout", "post"),
+        ("/logout/all", "post"),
+        ("/sessions", "get"),
+        ("/users/me", "get"),
+        ("/users/me", "delete"),
+        ("/users/me/password", "post"),
         ("/livez", "get"),
         ("/readyz", "get"),
     ];
@@ -975,13 +987,17 @@ async fn openapi_document_and_docs_page(pool: PgPool) {
             operation["responses"].is_object(),
             "{method} {path} responses"
         );
-        let protected = !matches!(path, "/users/" | "/login" | "/livez" | "/readyz");
+        let protected = !matches!(
+            path,
+            "/users/" | "/login" | "/refresh" | "/livez" | "/readyz"
+        );
         assert_eq!(
             operation["security"] == json!([{"bearer": []}]),
             protected,
             "{method} {path} security"
         );
-        if matches!(method, "post" | "put" | "patch") {
+        let bodiless = matches!(path, "/logout" | "/logout/all");
+        if matches!(method, "post" | "put" | "patch") && !bodiless {
             assert!(
                 operation["requestBody"]["content"].is_object(),
                 "{method} {path} body"

@@ -123,6 +123,134 @@ impl TestApp {
     }
 }
 
+/// Sessions and the calls that end them.
+impl TestApp {
+    pub async fn refresh(
+        &self,
+        refresh_token: &str,
+    ) -> Result<proto::RefreshTokenResponse, Status> {
+        self.refresh_from(None, refresh_token).await
+    }
+
+    /// A refresh on behalf of the client at `address`, as [`TestApp::login_from`].
+    pub async fn refresh_from(
+        &self,
+        address: Option<&str>,
+        refresh_token: &str,
+    ) -> Result<proto::RefreshTokenResponse, Status> {
+        let mut request = Request::new(proto::RefreshTokenRequest {
+            refresh_token: refresh_token.to_owned(),
+        });
+        if let Some(address) = address {
+            let address = address.parse().expect("an address is valid metadata");
+            request.metadata_mut().insert("x-forwarded-for", address);
+        }
+        Ok(self.auth.clone().refresh_token(request).await?.into_inner())
+    }
+
+    /// Whose `access_token` is, as VerifyToken says.
+    pub async fn verify(&self, access_token: &str) -> Result<proto::VerifyTokenResponse, Status> {
+        let request = proto::VerifyTokenRequest {
+            access_token: access_token.to_owned(),
+        };
+        Ok(self.auth.clone().verify_token(request).await?.into_inner())
+    }
+
+    /// Waits (at most 10 s) until VerifyToken refuses `access_token`, and
+    /// returns the refusal.
+    pub async fn refused_soon(&self, access_token: &str) -> Status {
+        let started = std::time::Instant::now();
+        loop {
+            match self.verify(access_token).await {
+                Err(status) => return status,
+                Ok(_) if started.elapsed() > std::time::Duration::from_secs(10) => {
+                    panic!("the token is still accepted after 10 s")
+                }
+                Ok(_) => tokio::time::sleep(std::time::Duration::from_millis(50)).await,
+            }
+        }
+    }
+
+    pub async fn list_sessions(&self, access_token: &str) -> Result<Vec<proto::Session>, Status> {
+        let request = authorized(proto::ListSessionsRequest {}, Some(access_token));
+        Ok(self
+            .auth
+            .clone()
+            .list_sessions(request)
+            .await?
+            .into_inner()
+            .sessions)
+    }
+
+    pub async fn logout(&self, access_token: &str) -> Result<(), Status> {
+        let request = authorized(proto::LogoutRequest {}, Some(access_token));
+        self.auth.clone().logout(request).await?;
+        Ok(())
+    }
+
+    pub async fn logout_all(&self, access_token: &str) -> Result<i32, Status> {
+        let request = authorized(proto::LogoutAllRequest {}, Some(access_token));
+        Ok(self
+            .auth
+            .clone()
+            .logout_all(request)
+            .await?
+            .into_inner()
+            .ended_sessions)
+    }
+
+    pub async fn revoked_sessions(
+        &self,
+        since: Option<prost_types::Timestamp>,
+    ) -> proto::ListRevokedSessionsResponse {
+        self.auth
+            .clone()
+            .list_revoked_sessions(proto::ListRevokedSessionsRequest { since })
+            .await
+            .expect("ListRevokedSessions answers")
+            .into_inner()
+    }
+
+    pub async fn change_password(
+        &self,
+        access_token: &str,
+        current_password: &str,
+        new_password: &str,
+    ) -> Result<i32, Status> {
+        let request = authorized(
+            proto::ChangePasswordRequest {
+                current_password: current_password.to_owned(),
+                new_password: new_password.to_owned(),
+            },
+            Some(access_token),
+        );
+        Ok(self
+            .users
+            .clone()
+            .change_password(request)
+            .await?
+            .into_inner()
+            .ended_sessions)
+    }
+
+    pub async fn delete_user(
+        &self,
+        access_token: &str,
+        id: &str,
+        password: &str,
+    ) -> Result<(), Status> {
+        let request = authorized(
+            proto::DeleteUserRequest {
+                id: id.to_owned(),
+                password: password.to_owned(),
+            },
+            Some(access_token),
+        );
+        self.users.clone().delete_user(request).await?;
+        Ok(())
+    }
+}
+
 impl TestApp {
     /// The published public keys.
     pub async fn jwks(&self) -> Vec<proto::Jwk> {

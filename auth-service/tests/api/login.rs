@@ -41,7 +41,10 @@ async fn login_issues_an_eddsa_bearer_token_for_the_user(pool: PgPool) {
         }),
         "the default lifetime is 30 minutes, as a Duration"
     );
-    assert!(login.refresh_token.is_empty(), "no refresh tokens yet");
+    assert!(
+        !login.refresh_token.is_empty() && login.refresh_token_expire_time.is_some(),
+        "a refresh token of the new session (see sessions.rs)"
+    );
     let header = json_part(&login.access_token, 0);
     assert_eq!(header["alg"], "EdDSA");
     assert!(header["kid"].is_string(), "{header}");

@@ -23,6 +23,8 @@ use super::{
 /// The services check it again and take the caller from it, never from the body.
 pub struct Bearer {
     authorization: AsciiMetadataValue,
+    /// Whose the token is.
+    pub caller: access_token::Caller,
 }
 
 impl Bearer {
@@ -36,6 +38,14 @@ impl Bearer {
         request.set_timeout(service_kit::deadline::PER_HOP_TIMEOUT);
         request
     }
+
+    /// [`Bearer::request`] on behalf of `client` (its `x-forwarded-for`), for
+    /// calls that count failures per client address.
+    pub fn request_for<T>(&self, client: &super::ClientAddress, message: T) -> tonic::Request<T> {
+        let mut request = self.request(message);
+        crate::clients::forward_client(request.metadata_mut().as_mut(), client.0);
+        request
+    }
 }
 
 impl FromRequestParts<Facade> for Bearer {
@@ -43,7 +53,7 @@ impl FromRequestParts<Facade> for Bearer {
 
     async fn from_request_parts(parts: &mut Parts, facade: &Facade) -> Result<Self, HttpError> {
         let token = bearer_token(&parts.headers).map_err(HttpError::from)?;
-        facade
+        let caller = facade
             .verifier
             .verify(token)
             .await
@@ -51,7 +61,10 @@ impl FromRequestParts<Facade> for Bearer {
         let authorization = format!("Bearer {token}")
             .parse()
             .map_err(|_| HttpError::unauthenticated("malformed access token"))?;
-        Ok(Self { authorization })
+        Ok(Self {
+            authorization,
+            caller,
+        })
     }
 }
 

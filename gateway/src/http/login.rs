@@ -1,5 +1,5 @@
-//! `POST /login`: an OAuth2 password form exchanged for an access token through
-//! auth-service's AuthService.
+//! `POST /login`: an OAuth2 password form exchanged for an access token (and a
+//! refresh token) through auth-service's AuthService.
 
 use agora_proto::auth::v1 as auth;
 use axum::{Json, extract::State, http::StatusCode};
@@ -26,7 +26,8 @@ pub struct LoginForm {
     pub password: String,
 }
 
-/// An access token, as OAuth2's token endpoint answers.
+/// An access token, as OAuth2's token endpoint answers, with the refresh token
+/// that gets the next one (`POST /refresh`).
 #[derive(Debug, Serialize, ToSchema)]
 pub struct Token {
     /// Send as `Authorization: Bearer <access_token>`.
@@ -34,6 +35,28 @@ pub struct Token {
     /// Always `bearer`.
     #[schema(example = "bearer")]
     pub token_type: String,
+    /// Seconds the access token is valid from now.
+    #[schema(example = 1800)]
+    pub expires_in: i64,
+    /// Exchanged at `POST /refresh` for a new access token without the password;
+    /// keep it secret, as the password.
+    pub refresh_token: String,
+}
+
+impl Token {
+    pub fn new(
+        access_token: String,
+        token_type: String,
+        expires_in: Option<prost_types::Duration>,
+        refresh_token: String,
+    ) -> Self {
+        Self {
+            access_token,
+            token_type,
+            expires_in: expires_in.map_or(0, |duration| duration.seconds),
+            refresh_token,
+        }
+    }
 }
 
 /// Log in with email and password for an access token.
@@ -74,8 +97,10 @@ pub async fn login(
             _ => HttpError::from_status(UPSTREAM, &status).renaming("email", "username"),
         })?
         .into_inner();
-    Ok(Json(Token {
-        access_token: response.access_token,
-        token_type: response.token_type,
-    }))
+    Ok(Json(Token::new(
+        response.access_token,
+        response.token_type,
+        response.expires_in,
+        response.refresh_token,
+    )))
 }

@@ -15,6 +15,7 @@ mod health;
 mod login;
 mod openapi;
 mod posts;
+mod sessions;
 mod users;
 mod votes;
 
@@ -121,6 +122,12 @@ pub fn router(
                 .delete(posts::delete),
         ),
         ("/vote", post(votes::vote)),
+        ("/refresh", post(sessions::refresh)),
+        ("/logout", post(sessions::logout)),
+        ("/logout/all", post(sessions::logout_all)),
+        ("/sessions", get(sessions::list)),
+        ("/users/me/password", post(sessions::change_password)),
+        ("/users/me", get(users::me).delete(sessions::delete_me)),
     ];
     routes
         .into_iter()

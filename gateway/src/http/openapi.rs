@@ -15,7 +15,7 @@ use utoipa::{
 
 use super::{
     errors::{self, ErrorBody, ValidationErrorBody},
-    health, login, posts, users, votes,
+    health, login, posts, sessions, users, votes,
 };
 
 #[derive(OpenApi)]
@@ -30,6 +30,7 @@ use super::{
     paths(
         users::create,
         users::get,
+        users::me,
         login::login,
         posts::list,
         posts::get,
@@ -38,6 +39,12 @@ use super::{
         posts::patch,
         posts::delete,
         votes::vote,
+        sessions::refresh,
+        sessions::logout,
+        sessions::logout_all,
+        sessions::list,
+        sessions::change_password,
+        sessions::delete_me,
         health::livez,
         health::readyz,
     ),
@@ -45,7 +52,7 @@ use super::{
     modifiers(&BearerScheme),
     tags(
         (name = "Users", description = "Registration and look-up"),
-        (name = "Authentication", description = "Access tokens"),
+        (name = "Authentication", description = "Access tokens, refresh tokens and sessions"),
         (name = "Posts", description = "Posts with their owners and like counts"),
         (name = "Vote", description = "Likes"),
         (name = "Health", description = "For load balancers that cannot speak gRPC"),

@@ -150,25 +150,51 @@ pub async fn get(
     State(facade): State<Facade>,
     PathId(id): PathId,
 ) -> Result<Json<UserOut>, HttpError> {
-    let user = if facade.show_emails {
-        // The course shows anyone's email: ask for the whole user.
-        let users = facade.users_with_emails(&bearer, vec![id]).await?;
-        match users.into_iter().next() {
-            Some(user) => user,
-            None => return Err(HttpError::new(StatusCode::NOT_FOUND, "user not found")),
-        }
-    } else {
-        let response = read_once_more_if_unavailable(Deadline::none(), || {
-            let mut users = facade.upstreams.users();
-            let request = bearer.request(auth::GetUserRequest { id: id.clone() });
-            async move { users.get_user(request).await }
-        })
-        .await
-        .map_err(|status| HttpError::from_status(UPSTREAM, &status))?;
-        response
-            .into_inner()
-            .user
-            .ok_or_else(|| HttpError::incomplete_answer(UPSTREAM, "a user"))?
-    };
-    Ok(Json(UserOut::from_proto(UPSTREAM, Some(user))?))
+    Ok(Json(facade.user(&bearer, id).await?))
+}
+
+/// The caller's own user.
+#[utoipa::path(
+    get,
+    path = "/users/me",
+    operation_id = "get_me",
+    tag = "Users",
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "Your user, with your email", body = UserOut),
+        (status = 401, description = "No valid access token", body = ErrorBody),
+    ),
+)]
+pub async fn me(bearer: Bearer, State(facade): State<Facade>) -> Result<Json<UserOut>, HttpError> {
+    let id = bearer.caller.user_id.to_string();
+    Ok(Json(facade.user(&bearer, id).await?))
+}
+
+impl Facade {
+    /// The user `id`, with the email when the facade shows every email or the
+    /// user is the caller.
+    async fn user(&self, bearer: &Bearer, id: String) -> Result<UserOut, HttpError> {
+        let facade = self;
+        let user = if facade.show_emails {
+            // The course shows anyone's email: ask for the whole user.
+            let users = facade.users_with_emails(bearer, vec![id]).await?;
+            match users.into_iter().next() {
+                Some(user) => user,
+                None => return Err(HttpError::new(StatusCode::NOT_FOUND, "user not found")),
+            }
+        } else {
+            let response = read_once_more_if_unavailable(Deadline::none(), || {
+                let mut users = facade.upstreams.users();
+                let request = bearer.request(auth::GetUserRequest { id: id.clone() });
+                async move { users.get_user(request).await }
+            })
+            .await
+            .map_err(|status| HttpError::from_status(UPSTREAM, &status))?;
+            response
+                .into_inner()
+                .user
+                .ok_or_else(|| HttpError::incomplete_answer(UPSTREAM, "a user"))?
+        };
+        UserOut::from_proto(UPSTREAM, Some(user))
+    }
 }
