@@ -190,7 +190,8 @@ pub fn start_server_span(name: String, headers: &HeaderMap) -> Context {
 /// and names it in the call's `traceparent`.
 pub fn start_client_span(name: String, headers: &mut HeaderMap) -> Context {
     let Some(installed) = TRACING.get() else {
-        return Context::current();
+        // No span to start, nor one to end later: not the caller's.
+        return Context::new();
     };
     let parent = Context::current();
     let span = installed

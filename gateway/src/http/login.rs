@@ -59,6 +59,11 @@ impl Token {
     }
 }
 
+/// A wrong email or password: 403, as the course answers it, not 401.
+pub(super) fn invalid_credentials() -> HttpError {
+    HttpError::new(StatusCode::FORBIDDEN, "Invalid Credentials")
+}
+
 /// Log in with email and password for an access token.
 #[utoipa::path(
     post,
@@ -92,7 +97,7 @@ pub async fn login(
         .await
         .map_err(|status| match status.code() {
             // The course answers bad credentials with 403, not 401.
-            Code::Unauthenticated => HttpError::new(StatusCode::FORBIDDEN, "Invalid Credentials"),
+            Code::Unauthenticated => invalid_credentials(),
             // The course's form calls the email `username`.
             _ => HttpError::from_status(UPSTREAM, &status).renaming("email", "username"),
         })?

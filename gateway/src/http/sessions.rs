@@ -12,7 +12,7 @@ use super::{
     ClientAddress, Facade,
     errors::{ErrorBody, HttpError, ValidationErrorBody},
     extract::{Bearer, JsonBody},
-    login::Token,
+    login::{Token, invalid_credentials},
     users::rfc3339,
 };
 
@@ -286,7 +286,7 @@ fn password_refused(status: tonic::Status) -> HttpError {
         && agora_proto::errors::reason_of(&status)
             == Some(agora_proto::errors::ErrorReason::InvalidCredentials);
     if wrong_password {
-        HttpError::new(StatusCode::FORBIDDEN, "Invalid Credentials")
+        invalid_credentials()
     } else {
         HttpError::from_status(UPSTREAM, &status)
     }
