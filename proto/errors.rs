@@ -48,13 +48,17 @@ impl ErrorReason {
             | R::RefreshTokenInvalid
             | R::RefreshTokenExpired
             | R::RefreshTokenReused => Code::Unauthenticated,
-            R::TokenKeysUnavailable | R::DependencyUnavailable => Code::Unavailable,
+            R::TokenKeysUnavailable | R::DependencyUnavailable | R::StreamInterrupted => {
+                Code::Unavailable
+            }
             R::EmailAlreadyRegistered | R::AlreadyLiked => Code::AlreadyExists,
             R::UserNotFound | R::PostNotFound | R::NotLiked => Code::NotFound,
             R::LoginThrottled
             | R::PasswordHashingBusy
             | R::RegistrationThrottled
-            | R::QuotaExceeded => Code::ResourceExhausted,
+            | R::QuotaExceeded
+            | R::WatcherTooSlow => Code::ResourceExhausted,
+            R::CursorExpired => Code::OutOfRange,
             R::NotPostOwner | R::NotAccountOwner => Code::PermissionDenied,
             R::EtagMismatch => Code::Aborted,
             R::DependencyTimeout => Code::DeadlineExceeded,

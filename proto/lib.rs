@@ -135,6 +135,7 @@ pub const RPCS: &[Rpc] = &[
     Rpc::new(POSTS, "ListPosts").public().read_only(),
     Rpc::new(POSTS, "UpdatePost").public(),
     Rpc::new(POSTS, "DeletePost").public(),
+    Rpc::new(POSTS, "WatchPosts").public().read_only(),
     Rpc::new(VOTES, "Vote").public(),
     Rpc::new(VOTES, "CountVotes").read_only(),
 ];

@@ -146,15 +146,19 @@ impl ServiceConfig for Config {
         // Request ids past their lifetime, login failure counts past their
         // window, expired sessions, and revocations whose tokens have expired.
         let lifetimes = session_lifetimes(&config.auth);
-        tokio::spawn(request_ids::purge_periodically(pool.clone(), move |pool| {
-            let throttle = throttle.clone();
-            async move {
-                let mut conn = pool.acquire().await?;
-                let ids = users::purge_expired_request_ids(&mut conn).await?;
-                let failures = throttle.purge_ended(&mut conn).await?;
-                Ok(ids + failures + sessions::purge(&mut conn, lifetimes).await?)
-            }
-        }));
+        tokio::spawn(request_ids::purge_periodically(
+            pool.clone(),
+            "expired request ids",
+            move |pool| {
+                let throttle = throttle.clone();
+                async move {
+                    let mut conn = pool.acquire().await?;
+                    let ids = users::purge_expired_request_ids(&mut conn).await?;
+                    let failures = throttle.purge_ended(&mut conn).await?;
+                    Ok(ids + failures + sessions::purge(&mut conn, lifetimes).await?)
+                }
+            },
+        ));
         Ok(ServedApi::new(
             vec![
                 <UserServiceServer<grpc::UserApi> as NamedService>::NAME,

@@ -75,6 +75,9 @@ pub struct Config {
     /// Used only with the services embedded.
     #[command(flatten)]
     pub quotas: crate::embedded::Quotas,
+    /// Used only with the services embedded.
+    #[command(flatten)]
+    pub feed: posts_service::FeedSettings,
     /// The database is used only with the services embedded, or with
     /// DATABASE_MIGRATIONS=apply-and-exit.
     #[command(flatten)]
@@ -117,6 +120,7 @@ impl Config {
             registrations_per_address_per_hour: 20,
             auth: auth_service::AuthSettings::default(),
             quotas: crate::embedded::Quotas::default(),
+            feed: posts_service::FeedSettings::default(),
             common: CommonArgs::default(),
         }
     }

@@ -59,6 +59,7 @@ pub async fn bind_services(
     addresses: PerService<SocketAddr>,
     auth: auth_service::AuthSettings,
     quotas: Quotas,
+    feed: posts_service::FeedSettings,
     limits: &ServerLimits,
 ) -> Result<PerService<GrpcServer>, EmbeddedError> {
     let url = |server: &GrpcServer| format!("http://{}", server.local_addr());
@@ -80,6 +81,7 @@ pub async fn bind_services(
     let votes_config = votes_service::Config {
         listen: addresses.votes,
         quotas: quotas.votes,
+        feed_retention: feed.retention.clone(),
         common: common(),
         ..votes_service::Config::ephemeral(url(&auth))
     };
@@ -89,6 +91,7 @@ pub async fn bind_services(
     let posts_config = posts_service::Config {
         listen: addresses.posts,
         quotas: quotas.posts,
+        feed,
         common: common(),
         ..posts_service::Config::ephemeral(url(&auth), url(&votes))
     };
@@ -120,9 +123,11 @@ impl EmbeddedServices {
         pool: &PgPool,
         auth: auth_service::AuthSettings,
         quotas: Quotas,
+        feed: posts_service::FeedSettings,
         limits: &ServerLimits,
     ) -> Result<Self, EmbeddedError> {
-        let servers = bind_services(pool, PerService::ephemeral(), auth, quotas, limits).await?;
+        let servers =
+            bind_services(pool, PerService::ephemeral(), auth, quotas, feed, limits).await?;
         let url = |server: &GrpcServer| format!("http://{}", server.local_addr());
         let urls = UpstreamUrls {
             auth: url(&servers.auth),

@@ -113,6 +113,7 @@ pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
                 &pool,
                 config.auth.clone(),
                 config.quotas.clone(),
+                config.feed.clone(),
                 &config.common.limits,
             )
             .await?;

@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use service_kit::{CommonArgs, TokenKeysArgs};
+use service_kit::{CommonArgs, FeedRetention, TokenKeysArgs};
 
 /// Agora's posts-service: posts with their owners and like counts.
 #[derive(Debug, Clone, clap::Parser)]
@@ -22,6 +22,8 @@ pub struct Config {
     pub votes_service_url: String,
     #[command(flatten)]
     pub quotas: QuotaSettings,
+    #[command(flatten)]
+    pub feed: FeedSettings,
     #[command(flatten)]
     pub token_keys: TokenKeysArgs,
     #[command(flatten)]
@@ -62,6 +64,37 @@ impl Default for QuotaSettings {
     }
 }
 
+/// WatchPosts: how long changes are kept, and how far a watcher may fall
+/// behind; the gateway takes the same settings for the posts-service it runs
+/// itself.
+#[derive(Debug, Clone, Default, clap::Args)]
+pub struct FeedSettings {
+    #[command(flatten)]
+    pub retention: FeedRetention,
+    #[command(flatten)]
+    pub buffer: WatcherBuffer,
+}
+
+/// How far a watcher may fall behind.
+#[derive(Debug, Clone, clap::Args)]
+pub struct WatcherBuffer {
+    /// Batches of changes (each what committed between two reads of the
+    /// outboxes) a watcher may fall behind before its stream is ended with
+    /// RESOURCE_EXHAUSTED WATCHER_TOO_SLOW and the cursor to resume from. The
+    /// process keeps each batch until its slowest watcher has taken it.
+    #[arg(long, env = "WATCHER_BUFFER", default_value_t = 1024,
+          value_parser = clap::value_parser!(u32).range(1..=1_000_000))]
+    pub watcher_buffer: u32,
+}
+
+impl Default for WatcherBuffer {
+    fn default() -> Self {
+        Self {
+            watcher_buffer: 1024,
+        }
+    }
+}
+
 impl Config {
     /// The defaults, on a free loopback port, with the given neighbours.
     pub fn ephemeral(
@@ -72,6 +105,7 @@ impl Config {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             votes_service_url: votes_service_url.into(),
             quotas: QuotaSettings::default(),
+            feed: FeedSettings::default(),
             token_keys: TokenKeysArgs::new(auth_service_url),
             common: CommonArgs::default(),
         }

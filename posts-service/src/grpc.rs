@@ -13,6 +13,7 @@ use sqlx::{PgPool, Postgres, pool::PoolConnection};
 use tonic::{Request, Response, Status, metadata::AsciiMetadataValue};
 
 use crate::{
+    feed::{Feed, WatchStream},
     listing::{self, Query},
     neighbours::{Caller, Neighbours},
     posts::{self, Changes, NewPost, parse_etag},
@@ -23,6 +24,7 @@ pub struct PostApi {
     pub pool: PgPool,
     pub neighbours: Neighbours,
     pub quotas: Quotas,
+    pub feed: Feed,
 }
 
 impl PostApi {
@@ -64,6 +66,23 @@ fn record(field: &str, value: impl std::fmt::Display) {
 
 #[tonic::async_trait]
 impl PostService for PostApi {
+    type WatchPostsStream = WatchStream;
+
+    #[tracing::instrument(name = "PostService.WatchPosts", skip_all, fields(user_id))]
+    async fn watch_posts(
+        &self,
+        request: Request<proto::WatchPostsRequest>,
+    ) -> Result<Response<WatchStream>, Status> {
+        let caller = caller(&request)?;
+        record("user_id", caller.user_id);
+        let headers = request.metadata().clone().into_headers();
+        let token = access_token::bearer_token(&headers)?.to_owned();
+        let r = request.get_ref();
+        let filter = listing::parse_filter(&r.search, &r.owner_id)?;
+        let stream = self.feed.watch(caller, token, &r.cursor, filter).await?;
+        Ok(Response::new(stream))
+    }
+
     #[tracing::instrument(name = "PostService.CreatePost", skip_all, fields(user_id, post_id))]
     async fn create_post(
         &self,

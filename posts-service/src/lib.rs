@@ -8,6 +8,7 @@
 //! and `main.rs` runs it until a shutdown signal.
 
 pub mod config;
+mod feed;
 mod grpc;
 mod listing;
 mod neighbours;
@@ -27,9 +28,9 @@ use service_kit::{
 use sqlx::PgPool;
 use tonic::{server::NamedService, service::Routes};
 
-pub use config::{Config, QuotaSettings};
-/// For tests: what the periodic purge started by `served_api` does each round.
-pub use posts::purge_expired_request_ids;
+pub use config::{Config, FeedSettings, QuotaSettings, WatcherBuffer};
+/// For tests: what the periodic purges started by `served_api` do each round.
+pub use {feed::purge as purge_post_events, posts::purge_expired_request_ids};
 
 impl ServiceConfig for Config {
     const NAME: &'static str = "posts-service";
@@ -60,21 +61,41 @@ impl ServiceConfig for Config {
             votes: VoteServiceClient::new(channel("VOTES_SERVICE_URL", &self.votes_service_url)?),
             owners: Default::default(),
         };
+        let (stopping, stopped) = tokio::sync::watch::channel(false);
+        let feed = feed::Feed::start(
+            pool.clone(),
+            verifier.clone(),
+            self.feed.buffer.watcher_buffer as usize,
+            stopped,
+        )
+        .await
+        .map_err(|error| {
+            StartupError::Config(format!("cannot listen for new posts and likes: {error}"))
+        })?;
         let posts = PostServiceServer::new(grpc::PostApi {
             pool: pool.clone(),
             neighbours,
             quotas: quotas::Quotas::new(&self.quotas),
+            feed,
         })
         .max_decoding_message_size(self.common.limits.max_message_bytes);
         tokio::spawn(request_ids::purge_periodically(
             pool.clone(),
+            "expired request ids",
             |pool| async move { posts::purge_expired_request_ids(&mut *pool.acquire().await?).await },
+        ));
+        let retention = self.feed.retention.retention();
+        tokio::spawn(request_ids::purge_periodically(
+            pool.clone(),
+            "changes older than FEED_RETENTION_SECS",
+            move |pool| async move { feed::purge(&mut *pool.acquire().await?, retention).await },
         ));
         Ok(ServedApi::new(
             vec![<PostServiceServer<grpc::PostApi> as NamedService>::NAME],
             Routes::new(posts),
             verifier,
             pool,
-        ))
+        )
+        .with_stopping(stopping))
     }
 }

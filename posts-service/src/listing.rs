@@ -22,7 +22,7 @@ pub const SEARCH: TextRule = TextRule {
 };
 
 /// Which posts to list; validated from a `ListPostsRequest`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Filter {
     /// Case-insensitive substring of the title.
     pub search: Option<String>,
@@ -73,11 +73,7 @@ impl Query {
             0 => DEFAULT_PAGE_SIZE,
             size => size.min(MAX_PAGE_SIZE as i64),
         };
-        SEARCH.check("search", search)?;
-        let filter = Filter {
-            search: Some(search).filter(|s| !s.is_empty()).map(str::to_owned),
-            owner_id: parse_optional_id("owner_id", owner_id)?,
-        };
+        let filter = parse_filter(search, owner_id)?;
         let start = match (page_token, skip) {
             (_, skip) if skip < 0 => return Err(ApiError::invalid("skip", "must not be negative")),
             ("", skip) => Start::Skip(skip.into()),
@@ -95,6 +91,15 @@ impl Query {
             page_size,
         })
     }
+}
+
+/// The filters of a `ListPostsRequest` (and of a `WatchPostsRequest`).
+pub fn parse_filter(search: &str, owner_id: &str) -> Result<Filter, ApiError> {
+    SEARCH.check("search", search)?;
+    Ok(Filter {
+        search: Some(search).filter(|s| !s.is_empty()).map(str::to_owned),
+        owner_id: parse_optional_id("owner_id", owner_id)?,
+    })
 }
 
 /// A page of posts and, when more follow, the token for the next one.

@@ -151,6 +151,33 @@ pub struct CommonArgs {
     pub health_check: bool,
 }
 
+/// How long the outboxes behind `WatchPosts` keep changes: a watcher may resume
+/// from a cursor this old. posts-service and votes-service each purge their
+/// own outbox by it, so give both the same value.
+#[derive(Debug, Clone, clap::Args)]
+pub struct FeedRetention {
+    /// Seconds a change to a post or a like count is kept for watchers that
+    /// resume (WatchPosts); an older cursor is refused with OUT_OF_RANGE
+    /// CURSOR_EXPIRED. At least 60.
+    #[arg(long, env = "FEED_RETENTION_SECS", default_value_t = 3600,
+          value_parser = clap::value_parser!(u64).range(60..))]
+    pub feed_retention_secs: u64,
+}
+
+impl FeedRetention {
+    pub fn retention(&self) -> std::time::Duration {
+        std::time::Duration::from_secs(self.feed_retention_secs)
+    }
+}
+
+impl Default for FeedRetention {
+    fn default() -> Self {
+        Self {
+            feed_retention_secs: 3600,
+        }
+    }
+}
+
 /// How log lines are written.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {

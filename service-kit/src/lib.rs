@@ -26,7 +26,7 @@ pub mod traces;
 
 pub use calls::RpcLogLayer;
 pub use client::{UpstreamTlsArgs, install_tls};
-pub use config::{CommonArgs, DatabaseArgs, LogFormat, ServerLimits, TokenKeysArgs};
+pub use config::{CommonArgs, DatabaseArgs, FeedRetention, LogFormat, ServerLimits, TokenKeysArgs};
 pub use error::{ApiError, ConstraintExt};
 pub use server::{
     BindError, GrpcServer, Serve, ServedApi, check_health, configured_server, incoming,

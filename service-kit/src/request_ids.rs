@@ -13,9 +13,11 @@ pub const LIFETIME: Duration = Duration::from_secs(24 * 60 * 60);
 /// How often request ids older than [`LIFETIME`] are purged.
 pub const PURGE_INTERVAL: Duration = Duration::from_secs(10 * 60);
 
-/// Runs `purge` (which answers how many ids it deleted) every [`PURGE_INTERVAL`]
-/// until `pool` is closed. A failed round is logged and the next one tries again.
-pub async fn purge_periodically<F, Fut>(pool: PgPool, purge: F)
+/// Runs `purge` (which answers how many rows it deleted) every
+/// [`PURGE_INTERVAL`] until `pool` is closed; `what` names the rows in the log.
+/// A failed round is logged and the next one tries again. Request ids are
+/// purged so; so are other rows kept for a while (the feed's outboxes).
+pub async fn purge_periodically<F, Fut>(pool: PgPool, what: &'static str, purge: F)
 where
     F: Fn(PgPool) -> Fut,
     Fut: Future<Output = Result<u64, ApiError>>,
@@ -28,8 +30,8 @@ where
             return;
         }
         match purge(pool.clone()).await {
-            Ok(purged) => tracing::debug!(purged, "purged expired request ids"),
-            Err(error) => tracing::warn!(%error, "cannot purge expired request ids"),
+            Ok(purged) => tracing::debug!(purged, what, "purged"),
+            Err(error) => tracing::warn!(%error, what, "cannot purge"),
         }
     }
 }

@@ -34,6 +34,9 @@ pub struct ServedApi {
     pub token_layer: RequireTokenLayer,
     /// Health reports NOT_SERVING while this pool cannot reach the database.
     pub pool: PgPool,
+    /// Set to true when the server is told to stop, before it waits for the
+    /// calls in flight: open streams end on it (they would hold the stop up).
+    pub stopping: Option<tokio::sync::watch::Sender<bool>>,
 }
 
 impl ServedApi {
@@ -54,6 +57,15 @@ impl ServedApi {
                 PublicMethods::tokenless(agora_proto::RPCS),
             ),
             pool,
+            stopping: None,
+        }
+    }
+
+    /// `stopping` is set to true when the server is told to stop.
+    pub fn with_stopping(self, stopping: tokio::sync::watch::Sender<bool>) -> Self {
+        Self {
+            stopping: Some(stopping),
+            ..self
         }
     }
 }
@@ -141,9 +153,13 @@ impl GrpcServer {
         } = self;
         // In-process calls go where network ones can: nowhere once stopping.
         local.set_serving(true);
+        let stopping = api.stopping;
         let shutdown = async move {
             shutdown.await;
             drop(local);
+            if let Some(stopping) = stopping {
+                stopping.send_replace(true);
+            }
         };
         let (health_reporter, health_service) = tonic_health::server::health_reporter();
         // The first probe comes before serving, so health never says "unknown service".

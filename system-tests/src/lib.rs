@@ -21,6 +21,7 @@ use agora_proto::{
 };
 use auth_service::AuthSettings;
 use gateway::embedded::{PerService, Quotas, bind_services};
+pub use posts_service::FeedSettings;
 use service_kit::{GrpcServer, ServerLimits};
 use sqlx::PgPool;
 use tokio::{sync::oneshot, task::JoinHandle};
@@ -110,12 +111,23 @@ pub async fn spawn_system_at(pool: PgPool, addresses: Addresses) -> System {
 
 /// [`spawn_system_at`] with these per-person quotas.
 pub async fn spawn_system_with(pool: PgPool, addresses: Addresses, quotas: Quotas) -> System {
+    spawn_system_configured(pool, addresses, quotas, FeedSettings::default()).await
+}
+
+/// [`spawn_system_at`] with these per-person quotas and WatchPosts settings.
+pub async fn spawn_system_configured(
+    pool: PgPool,
+    addresses: Addresses,
+    quotas: Quotas,
+    feed: FeedSettings,
+) -> System {
     telemetry::install();
     let servers = bind_services(
         &pool,
         addresses,
         AuthSettings::default(),
         quotas,
+        feed,
         &ServerLimits::default(),
     )
     .await

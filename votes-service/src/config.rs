@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use service_kit::{CommonArgs, TokenKeysArgs};
+use service_kit::{CommonArgs, FeedRetention, TokenKeysArgs};
 
 /// Agora's votes-service: likes on posts.
 #[derive(Debug, Clone, clap::Parser)]
@@ -13,6 +13,9 @@ pub struct Config {
     pub listen: SocketAddr,
     #[command(flatten)]
     pub quotas: QuotaSettings,
+    /// How long like-count changes are kept for posts-service's WatchPosts.
+    #[command(flatten)]
+    pub feed_retention: FeedRetention,
     #[command(flatten)]
     pub token_keys: TokenKeysArgs,
     #[command(flatten)]
@@ -49,6 +52,7 @@ impl Config {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 0)),
             quotas: QuotaSettings::default(),
+            feed_retention: FeedRetention::default(),
             token_keys: TokenKeysArgs::new(auth_service_url),
             common: CommonArgs::default(),
         }

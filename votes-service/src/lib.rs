@@ -14,11 +14,13 @@ mod votes;
 use std::{net::SocketAddr, time::Duration};
 
 use agora_proto::votes::v1::vote_service_server::VoteServiceServer;
-use service_kit::{CommonArgs, ServedApi, ServiceConfig, StartupError};
+use service_kit::{CommonArgs, ServedApi, ServiceConfig, StartupError, request_ids};
 use sqlx::PgPool;
 use tonic::{server::NamedService, service::Routes};
 
 pub use config::{Config, QuotaSettings};
+/// For tests: what the periodic purge started by `served_api` does each round.
+pub use votes::purge_like_count_changes;
 
 impl ServiceConfig for Config {
     const NAME: &'static str = "votes-service";
@@ -41,6 +43,14 @@ impl ServiceConfig for Config {
             quotas: quotas::Quotas::new(&self.quotas),
         })
         .max_decoding_message_size(self.common.limits.max_message_bytes);
+        let retention = self.feed_retention.retention();
+        tokio::spawn(request_ids::purge_periodically(
+            pool.clone(),
+            "like-count changes older than FEED_RETENTION_SECS",
+            move |pool| async move {
+                votes::purge_like_count_changes(&mut *pool.acquire().await?, retention).await
+            },
+        ));
         Ok(ServedApi::new(
             vec![<VoteServiceServer<grpc::VoteApi> as NamedService>::NAME],
             Routes::new(votes),

@@ -125,3 +125,31 @@ pub async fn count(
     .fetch_all(conn)
     .await?)
 }
+
+/// Deletes the like-count changes (`votes.like_count_events`) older than
+/// `retention`, of transactions that have ended, and records the newest
+/// transaction deleted, which `votes.like_count_changes_purged_through()`
+/// publishes so that readers can tell a cursor from before it. Answers how many
+/// it deleted.
+pub async fn purge_like_count_changes(
+    conn: &mut PgConnection,
+    retention: std::time::Duration,
+) -> Result<u64, ApiError> {
+    let purged: i64 = sqlx::query_scalar(
+        "with purged as (
+             delete from votes.like_count_events
+             where event_time < now() - make_interval(secs => $1)
+               and xid < pg_snapshot_xmin(pg_current_snapshot())
+             returning xid
+         ), recorded as (
+             update votes.like_count_events_purged
+             set through_xid = greatest(through_xid, (select max(xid) from purged))
+             where exists (select from purged)
+         )
+         select count(*) from purged",
+    )
+    .bind(retention.as_secs_f64())
+    .fetch_one(conn)
+    .await?;
+    Ok(purged as u64)
+}

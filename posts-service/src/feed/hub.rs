@@ -1,0 +1,142 @@
+//! One listener per process: it LISTENs for the outboxes' announcements, reads
+//! what was committed since its last read, and hands that batch to every
+//! watcher at once.
+
+use std::{sync::Arc, time::Duration};
+
+use service_kit::ApiError;
+use sqlx::{PgPool, postgres::PgListener};
+use tokio::sync::{Mutex, Notify, broadcast, watch};
+
+use super::{
+    events::{self, Event},
+    snapshot::Snapshot,
+};
+
+/// The channels the outboxes' triggers notify.
+const CHANNELS: [&str; 2] = ["posts_post_events", "votes_like_count_events"];
+
+/// How long to wait before trying the database again after a failure.
+const RETRY: Duration = Duration::from_secs(1);
+
+/// The changes committed between two reads, in key order.
+#[derive(Debug)]
+pub struct Batch {
+    pub after: Snapshot,
+    pub upto: Snapshot,
+    pub events: Vec<Event>,
+}
+
+/// The listener's handle, shared by every watcher.
+#[derive(Clone)]
+pub struct Hub {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    /// Where the last batch ended; held while a batch is sent, so that a new
+    /// subscriber's first batch starts exactly there.
+    position: Mutex<Snapshot>,
+    batches: broadcast::Sender<Arc<Batch>>,
+    /// Asks for a read now (a resumed watcher ahead of this replica).
+    read_now: Notify,
+    /// True once the process stops serving.
+    stopping: watch::Receiver<bool>,
+}
+
+/// A watcher's place at the hub: batches from `position` on.
+pub struct Subscription {
+    pub position: Snapshot,
+    pub batches: broadcast::Receiver<Arc<Batch>>,
+}
+
+impl Hub {
+    /// Starts listening on `pool`'s database. `buffer` batches at most wait for
+    /// the slowest watcher; one further behind is cut off. Fails when the
+    /// database cannot be reached.
+    pub async fn start(
+        pool: PgPool,
+        buffer: usize,
+        stopping: watch::Receiver<bool>,
+    ) -> Result<Hub, ApiError> {
+        let mut listener = PgListener::connect_with(&pool).await?;
+        listener.listen_all(CHANNELS).await?;
+        // Taken once listening: whatever commits later is announced.
+        let position = events::current_snapshot(&mut *pool.acquire().await?).await?;
+        let (batches, _) = broadcast::channel(buffer);
+        let hub = Hub {
+            shared: Arc::new(Shared {
+                position: Mutex::new(position),
+                batches,
+                read_now: Notify::new(),
+                stopping,
+            }),
+        };
+        tokio::spawn(hub.clone().listen(pool, listener));
+        Ok(hub)
+    }
+
+    pub async fn subscribe(&self) -> Subscription {
+        let position = self.shared.position.lock().await;
+        Subscription {
+            batches: self.shared.batches.subscribe(),
+            position: position.clone(),
+        }
+    }
+
+    pub fn read_now(&self) {
+        self.shared.read_now.notify_one();
+    }
+
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.shared.stopping.clone()
+    }
+
+    /// Reads after every announcement (several at once make one read), after
+    /// a lost connection (announcements may have been missed meanwhile) and
+    /// when asked, until the process stops.
+    async fn listen(self, pool: PgPool, mut listener: PgListener) {
+        let mut stopping = self.shared.stopping.clone();
+        loop {
+            let woken = tokio::select! {
+                notification = listener.try_recv() => notification.map(|_| ()),
+                () = self.shared.read_now.notified() => Ok(()),
+                () = stopped(&mut stopping) => return,
+            };
+            if let Err(error) = woken {
+                tracing::warn!(%error, "lost the database's announcements of new posts and likes; listening again");
+                tokio::time::sleep(RETRY).await;
+                continue;
+            }
+            while listener.next_buffered().is_some() {}
+            while let Err(error) = self.read(&pool).await {
+                tracing::warn!(%error, "cannot read new posts and likes; trying again");
+                tokio::time::sleep(RETRY).await;
+                if *stopping.borrow() {
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends one batch: what committed since the last read.
+    async fn read(&self, pool: &PgPool) -> Result<(), ApiError> {
+        let mut conn = pool.acquire().await?;
+        let upto = events::current_snapshot(&mut conn).await?;
+        let mut position = self.shared.position.lock().await;
+        let events = events::between(&mut conn, &position, &upto, None, i64::MAX).await?;
+        let batch = Batch {
+            after: std::mem::replace(&mut *position, upto.clone()),
+            upto,
+            events,
+        };
+        // No receiver is no error: nobody watches.
+        let _ = self.shared.batches.send(Arc::new(batch));
+        Ok(())
+    }
+}
+
+/// Completes once `stopping` turns true (or its sender is gone).
+pub async fn stopped(stopping: &mut watch::Receiver<bool>) {
+    let _ = stopping.wait_for(|stopping| *stopping).await;
+}
