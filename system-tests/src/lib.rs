@@ -19,13 +19,12 @@ use agora_proto::{
     posts::v1::{self as posts, post_service_client::PostServiceClient},
     votes::v1::{self as votes, VoteDirection, vote_service_client::VoteServiceClient},
 };
-use auth_service::AuthSettings;
 use gateway::embedded::{PerService, Quotas, bind_services};
-pub use posts_service::FeedSettings;
 use service_kit::{GrpcServer, ServerLimits};
 use sqlx::PgPool;
 use tokio::{sync::oneshot, task::JoinHandle};
 use tonic::{Request, Status, transport::Channel};
+pub use {auth_service::AuthSettings, posts_service::FeedSettings};
 
 pub const PASSWORD: &str = "correct horse battery";
 
@@ -111,21 +110,22 @@ pub async fn spawn_system_at(pool: PgPool, addresses: Addresses) -> System {
 
 /// [`spawn_system_at`] with these per-person quotas.
 pub async fn spawn_system_with(pool: PgPool, addresses: Addresses, quotas: Quotas) -> System {
-    spawn_system_configured(pool, addresses, quotas, FeedSettings::default()).await
+    let settings = (AuthSettings::default(), quotas, FeedSettings::default());
+    spawn_system_configured(pool, addresses, settings).await
 }
 
-/// [`spawn_system_at`] with these per-person quotas and WatchPosts settings.
+/// [`spawn_system_at`] with these auth-service settings, per-person quotas and
+/// WatchPosts settings.
 pub async fn spawn_system_configured(
     pool: PgPool,
     addresses: Addresses,
-    quotas: Quotas,
-    feed: FeedSettings,
+    (auth, quotas, feed): (AuthSettings, Quotas, FeedSettings),
 ) -> System {
     telemetry::install();
     let servers = bind_services(
         &pool,
         addresses,
-        AuthSettings::default(),
+        auth,
         quotas,
         feed,
         &ServerLimits::default(),

@@ -17,8 +17,8 @@ use gateway::embedded::{PerService, Quotas};
 use posts_service::{FeedSettings, WatcherBuffer};
 use sqlx::PgPool;
 use system_tests::{
-    PASSWORD, Person, System, as_person, assert_bad_request, assert_reason, new_post, spawn_system,
-    spawn_system_configured,
+    AuthSettings, PASSWORD, Person, System, as_person, assert_bad_request, assert_reason, new_post,
+    spawn_system, spawn_system_configured,
 };
 use tonic::{Status, Streaming};
 use tonic_types::StatusExt;
@@ -296,7 +296,12 @@ async fn a_slow_watcher_is_cut_off_with_its_cursor(pool: PgPool) {
         buffer: WatcherBuffer { watcher_buffer: 2 },
         ..FeedSettings::default()
     };
-    let system = spawn_system_configured(pool, PerService::ephemeral(), quotas, feed).await;
+    let system = spawn_system_configured(
+        pool,
+        PerService::ephemeral(),
+        (AuthSettings::default(), quotas, feed),
+    )
+    .await;
     let alice = system.sign_up("alice@example.com").await;
     let bob = system.sign_up("bob@example.com").await;
     // Bob on a connection of his own, with HTTP/2's smallest windows: unread,
@@ -501,4 +506,30 @@ async fn bad_and_expired_cursors_are_refused(pool: PgPool) {
         ErrorReason::CursorExpired,
         "a cursor older than what is kept",
     );
+}
+
+#[sqlx::test(migrator = "service_kit::database::MIGRATOR")]
+async fn a_stream_ends_when_its_token_expires(pool: PgPool) {
+    let auth = AuthSettings {
+        token_ttl_secs: 3,
+        ..AuthSettings::default()
+    };
+    let settings = (auth, Quotas::default(), FeedSettings::default());
+    let system = spawn_system_configured(pool, PerService::ephemeral(), settings).await;
+    let alice = system.sign_up("alice@example.com").await;
+    let mut stream = watch(&system, &alice, WatchPostsRequest::default())
+        .await
+        .unwrap();
+    let start = started(&mut stream).await;
+    let status = loop {
+        if let Err(status) = next(&mut stream).await {
+            break status;
+        }
+    };
+    assert_reason(
+        &status,
+        ErrorReason::TokenExpired,
+        "a watch whose token expired",
+    );
+    assert_eq!(cursor_of(&status), start, "resume where the stream stood");
 }
