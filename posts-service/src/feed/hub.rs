@@ -104,17 +104,25 @@ impl Hub {
                 () = stopped(&mut stopping) => return,
             };
             if let Err(error) = woken {
+                // The next receive connects again; what committed meanwhile is
+                // read now, once the database answers.
                 tracing::warn!(%error, "lost the database's announcements of new posts and likes; listening again");
                 tokio::time::sleep(RETRY).await;
-                continue;
             }
             while listener.next_buffered().is_some() {}
+            let mut failures = 0;
             while let Err(error) = self.read(&pool).await {
-                tracing::warn!(%error, "cannot read new posts and likes; trying again");
+                if failures == 0 {
+                    tracing::warn!(%error, "cannot read new posts and likes; trying again every second");
+                }
+                failures += 1;
                 tokio::time::sleep(RETRY).await;
                 if *stopping.borrow() {
                     return;
                 }
+            }
+            if failures > 0 {
+                tracing::info!(failures, "reading new posts and likes again");
             }
         }
     }

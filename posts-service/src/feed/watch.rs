@@ -266,6 +266,8 @@ impl Task {
                     self.send(checkpoint(true), &Cursor::at(position.clone())).await?;
                 }
                 _ = recheck.tick() => self.check_token().await?,
+                // Gone: no need to wait for the next message to find out.
+                () = self.messages.closed() => return Ok(()),
                 () = tokio::time::sleep_until(expiry(self.watcher.expires_at)) => {
                     return Err(token_expired());
                 }
