@@ -74,27 +74,26 @@ impl Feed {
         cursor: &str,
         filter: Filter,
     ) -> Result<WatchStream, ApiError> {
-        let cursor = match cursor {
+        let cursor: Option<cursor::Cursor> = match cursor {
             "" => None,
-            text => {
-                let cursor: cursor::Cursor =
-                    text.parse().map_err(|error: cursor::NotACursor| {
-                        ApiError::invalid("cursor", error.to_string())
-                    })?;
-                let mut conn = self.pool.acquire().await?;
-                // A position this database has not reached is another's.
-                if !cursor
-                    .upto
-                    .is_within(&events::current_snapshot(&mut conn).await?)
-                {
-                    return Err(ApiError::invalid("cursor", "not a cursor of this database"));
-                }
-                if !events::still_kept(&mut conn, &cursor).await? {
-                    return Err(CURSOR_EXPIRED);
-                }
-                Some(cursor)
-            }
+            text => Some(text.parse().map_err(|error: cursor::NotACursor| {
+                ApiError::invalid("cursor", error.to_string())
+            })?),
         };
+        let mut conn = self.pool.acquire().await?;
+        // The stream starts no earlier than this: whatever committed before
+        // the call is not sent as news.
+        let now = events::current_snapshot(&mut conn).await?;
+        if let Some(cursor) = &cursor {
+            // A position this database has not reached is another's.
+            if !cursor.upto.is_within(&now) {
+                return Err(ApiError::invalid("cursor", "not a cursor of this database"));
+            }
+            if !events::still_kept(&mut conn, cursor).await? {
+                return Err(CURSOR_EXPIRED);
+            }
+        }
+        drop(conn);
         let watcher = watch::Watcher {
             view: view::View::new(caller.user_id, filter),
             pool: self.pool.clone(),
@@ -103,7 +102,7 @@ impl Feed {
             token,
             expires_at: caller.expires_at,
         };
-        Ok(watcher.start(cursor))
+        Ok(watcher.start(cursor, now))
     }
 }
 

@@ -126,8 +126,9 @@ impl Stream for WatchStream {
 }
 
 impl Watcher {
-    /// Starts the task from `cursor` (now when `None`) and answers its stream.
-    pub fn start(self, cursor: Option<Cursor>) -> WatchStream {
+    /// Starts the task from `cursor` (`now` when `None`) and answers its
+    /// stream; the stream follows the hub from a position that sees `now`.
+    pub fn start(self, cursor: Option<Cursor>, now: Snapshot) -> WatchStream {
         let (messages, receiver) = mpsc::channel(OUTGOING);
         let (end, ending) = oneshot::channel();
         tokio::spawn(async move {
@@ -136,7 +137,7 @@ impl Watcher {
                 messages,
                 last_sent: tokio::time::Instant::now(),
             };
-            if let Err(reason) = task.run(cursor).await {
+            if let Err(reason) = task.run(cursor, now).await {
                 let _ = end.send(reason);
             }
         });
@@ -157,20 +158,24 @@ struct Task {
 
 impl Task {
     /// Runs until the stream must end (an `Err`), or the caller went away.
-    async fn run(&mut self, cursor: Option<Cursor>) -> Result<(), End> {
+    async fn run(&mut self, cursor: Option<Cursor>, now: Snapshot) -> Result<(), End> {
         let mut subscription = self.watcher.hub.subscribe().await;
+        if let Some(cursor) = &cursor {
+            self.send(checkpoint(false), cursor).await?;
+        }
+        // `now` sees whatever the cursor sees.
+        self.reach(&mut subscription, &now).await?;
         if let Some(cursor) = cursor {
-            self.send(checkpoint(false), &cursor).await?;
-            self.reach(&mut subscription, &cursor.upto).await?;
             self.catch_up(cursor, &subscription.position).await?;
         }
-        let now = Cursor::at(subscription.position.clone());
-        self.send(checkpoint(true), &now).await?;
+        let position = Cursor::at(subscription.position.clone());
+        self.send(checkpoint(true), &position).await?;
         self.follow(subscription).await
     }
 
-    /// Waits until the hub's position sees everything `upto` sees: a cursor
-    /// from a replica that read later than this one.
+    /// Waits until the hub's position sees everything `upto` sees: the
+    /// database when the call came, or a cursor from a replica that read later
+    /// than this one.
     async fn reach(&mut self, subscription: &mut Subscription, upto: &Snapshot) -> Result<(), End> {
         let deadline = tokio::time::Instant::now() + REACH_CURSOR;
         while !upto.is_within(&subscription.position) {
