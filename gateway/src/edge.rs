@@ -278,6 +278,14 @@ impl Service<http::Request<axum::body::Body>> for Forward {
 
 impl Forward {
     /// Sends a read, and once more if the upstream never answered.
+    ///
+    /// A server stream (WatchPosts) is a read too, and safe to send again only
+    /// here: the call resolves with the answer's headers, before any message,
+    /// so once it has begun its failures come in the body, passed on as they
+    /// are, and the client resumes from its own cursor. Neither the server's
+    /// `REQUEST_TIMEOUT_SECS` nor a channel's call timeout, both of which
+    /// bound only the wait for those headers, nor a concurrency permit, held
+    /// only as long, cuts it later.
     async fn send_read(
         &self,
         request: http::Request<axum::body::Body>,

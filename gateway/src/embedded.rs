@@ -138,13 +138,24 @@ impl EmbeddedServices {
     }
 
     /// Serves the three until `stop` turns true, then lets their calls finish.
+    /// Their open streams end as soon as `end_streams` turns true: the
+    /// gateway's own stop waits for the calls through it, streams included.
     pub fn spawn(
         self,
         stop: watch::Receiver<bool>,
+        end_streams: watch::Receiver<bool>,
     ) -> JoinSet<Result<(), tonic::transport::Error>> {
         let mut tasks = JoinSet::new();
         let PerService { auth, votes, posts } = self.servers;
         for server in [auth, votes, posts] {
+            if let Some(streams) = server.streams_stopping() {
+                let mut end_streams = end_streams.clone();
+                tokio::spawn(async move {
+                    if end_streams.wait_for(|end| *end).await.is_ok() {
+                        streams.send_replace(true);
+                    }
+                });
+            }
             let mut stop = stop.clone();
             tasks.spawn(server.run_until(async move {
                 let _ = stop.wait_for(|stopped| *stopped).await;

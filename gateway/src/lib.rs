@@ -98,6 +98,8 @@ pub struct Gateway {
     /// Both ports serve TLS with it; plaintext when `None`. Embedded services
     /// stay plaintext on loopback (and are called in-process).
     tls: Option<TlsAcceptor>,
+    /// Tells the facade's streams that the gateway is shutting down.
+    stopping: watch::Sender<bool>,
 }
 
 /// Binds both ports; without upstream URLs, first starts the three services on the
@@ -140,6 +142,7 @@ pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
     // "" SERVING from the start; the edge follows the upstreams into it, and the
     // facade's /readyz reads it.
     let health = tonic_health::server::HealthReporter::new();
+    let (stopping, stopping_seen) = watch::channel(false);
     let bind = |address: SocketAddr| async move {
         TcpListener::bind(address)
             .await
@@ -155,6 +158,7 @@ pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
             clients.clone(),
             &config.cors_allowed_origins,
             health.clone(),
+            stopping_seen,
         ),
         edge: edge::Edge {
             clients,
@@ -167,6 +171,7 @@ pub async fn build(config: &Config) -> Result<Gateway, StartupError> {
         },
         embedded,
         tls,
+        stopping,
     })
 }
 
@@ -199,12 +204,16 @@ impl Gateway {
         let (stop_services, services_stopped) = watch::channel(false);
         let mut services = self
             .embedded
-            .map(|services| services.spawn(services_stopped));
+            .map(|services| services.spawn(services_stopped, self.stopping.subscribe()));
         let stopped = |mut receiver: watch::Receiver<bool>| async move {
             let _ = receiver.wait_for(|stopped| *stopped).await;
         };
+        let stop_streams = self.stopping;
         tokio::spawn(async move {
             shutdown.await;
+            // Open streams never end by themselves: without being told, they
+            // would hold the shutdown for its whole grace and then be cut.
+            stop_streams.send_replace(true);
             let _ = stop_edge.send(true);
         });
 

@@ -43,6 +43,7 @@ async fn the_docs_page_renders_every_operation_from_the_binary_alone() {
         "/users/{id}",
         "/posts/",
         "/posts/{id}",
+        "/posts/stream",
         "/vote/",
         "/livez",
         "/readyz",

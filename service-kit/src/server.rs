@@ -36,7 +36,7 @@ pub struct ServedApi {
     pub pool: PgPool,
     /// Set to true when the server is told to stop, before it waits for the
     /// calls in flight: open streams end on it (they would hold the stop up).
-    pub stopping: Option<tokio::sync::watch::Sender<bool>>,
+    pub stopping: Option<Arc<tokio::sync::watch::Sender<bool>>>,
 }
 
 impl ServedApi {
@@ -64,7 +64,7 @@ impl ServedApi {
     /// `stopping` is set to true when the server is told to stop.
     pub fn with_stopping(self, stopping: tokio::sync::watch::Sender<bool>) -> Self {
         Self {
-            stopping: Some(stopping),
+            stopping: Some(Arc::new(stopping)),
             ..self
         }
     }
@@ -119,6 +119,12 @@ impl GrpcServer {
             local,
             tls: None,
         })
+    }
+
+    /// What ends the served API's open streams, for a process that must end
+    /// them before it stops this server (they end anyway when it does).
+    pub fn streams_stopping(&self) -> Option<Arc<tokio::sync::watch::Sender<bool>>> {
+        self.api.stopping.clone()
     }
 
     /// Serves TLS with `tls` (plaintext with `None`, as after `bind`).

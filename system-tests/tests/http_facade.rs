@@ -969,6 +969,7 @@ async fn openapi_document_and_docs_page(pool: PgPool) {
         ("/posts/{id}", "put"),
         ("/posts/{id}", "patch"),
         ("/posts/{id}", "delete"),
+        ("/posts/stream", "get"),
         ("/vote/", "post"),
         ("/refresh", "post"),
         ("/logout", "post"),

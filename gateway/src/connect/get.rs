@@ -1,7 +1,8 @@
 //! Connect's GET for unary methods free of side effects (`idempotency_level =
-//! NO_SIDE_EFFECTS` in the contract): the message travels in the query,
-//! `?connect=v1&encoding=json&message=…` (`base64=1` for binary), so that
-//! browsers and caches can treat the call as the read it is.
+//! NO_SIDE_EFFECTS` in the contract; a streaming one is refused like a write):
+//! the message travels in the query, `?connect=v1&encoding=json&message=…`
+//! (`base64=1` for binary), so that browsers and caches can treat the call as
+//! the read it is.
 
 use base64::{
     Engine as _,
@@ -27,23 +28,40 @@ pub(super) fn is_connect(uri: &Uri) -> bool {
     pairs(uri).any(|(name, _)| name == "encoding")
 }
 
-/// The answer to a GET of a method that is not free of side effects: 405, as
-/// Connect says, pointing at POST. `None` when the GET may go on (an unknown
-/// method is answered as a POST of it would be).
+/// The answer to a GET of a method that is not free of side effects, or that
+/// streams: 405, as Connect says, pointing at POST. `None` when the GET may go
+/// on (an unknown method is answered as a POST of it would be).
 pub(super) fn refusal(
     request: &http::Request<Body>,
     schema: &Schema,
 ) -> Option<http::Response<Body>> {
     let method = schema.method(request.uri().path()).ok()?;
-    if free_of_side_effects(&method) {
+    let path = request.uri().path();
+    // Connect defines GET for unary calls only: a stream (WatchPosts is free
+    // of side effects too) has no one answer a GET could carry or a cache
+    // keep, and its messages need the envelopes of a streaming POST.
+    let (why, text) = if method.is_client_streaming() || method.is_server_streaming() {
+        (
+            "refused: a GET of a streaming method",
+            format!(
+                "{path} streams: POST it with content-type application/connect+json \
+                 or application/connect+proto\n"
+            ),
+        )
+    } else if free_of_side_effects(&method) {
         return None;
-    }
+    } else {
+        (
+            "refused: a GET of a method with side effects",
+            format!("{path} may change something: POST it\n"),
+        )
+    };
     let response = plain_refusal(
         request,
-        "refused: a GET of a method with side effects",
+        why,
         StatusCode::METHOD_NOT_ALLOWED,
         ("allow", "POST"),
-        format!("{} may change something: POST it\n", request.uri().path()),
+        text,
     );
     Some(response)
 }
@@ -146,6 +164,32 @@ mod tests {
         }
         assert!(is_connect(&uri("encoding=json")));
         assert!(!is_connect(&uri("message=x")));
+    }
+
+    #[test]
+    fn only_a_unary_read_may_be_a_get_and_a_stream_is_told_to_post() {
+        let schema = Schema::new(agora_proto::file_descriptor_set());
+        let get = |path: &str| {
+            http::Request::get(format!("{path}?encoding=json&message=%7B%7D"))
+                .body(Body::empty())
+                .expect("a request")
+        };
+        for (path, refused) in [
+            ("/agora.posts.v1.PostService/GetPost", false),
+            ("/agora.posts.v1.PostService/DeletePost", true),
+            ("/agora.posts.v1.PostService/WatchPosts", true),
+            ("/grpc.health.v1.Health/Watch", true),
+        ] {
+            let answer = refusal(&get(path), &schema);
+            assert_eq!(
+                answer.as_ref().map(|answer| answer.status()),
+                refused.then_some(StatusCode::METHOD_NOT_ALLOWED),
+                "{path}"
+            );
+            if let Some(answer) = answer {
+                assert_eq!(answer.headers()["allow"], "POST", "{path}");
+            }
+        }
     }
 
     #[test]

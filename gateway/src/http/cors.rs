@@ -51,7 +51,13 @@ pub(crate) fn facade(allowed_origins: &[String]) -> CorsLayer {
             Method::DELETE,
             Method::OPTIONS,
         ])
-        .allow_headers([header("authorization"), header("content-type")])
+        // `last-event-id`: a script resuming `/posts/stream` itself (one that
+        // sends a token cannot use `EventSource`) sends it.
+        .allow_headers([
+            header("authorization"),
+            header("content-type"),
+            header("last-event-id"),
+        ])
         .expose_headers([header("retry-after"), header("www-authenticate")])
         .max_age(PREFLIGHT_MAX_AGE)
 }

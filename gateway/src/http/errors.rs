@@ -11,7 +11,7 @@
 //! | ALREADY_EXISTS, ABORTED | 409 |
 //! | PERMISSION_DENIED | 403 |
 //! | RESOURCE_EXHAUSTED | 429 |
-//! | FAILED_PRECONDITION, OUT_OF_RANGE | 400 |
+//! | FAILED_PRECONDITION, OUT_OF_RANGE | 400; **410** from `GET /posts/stream` for an expired cursor (see `feed.rs`) |
 //! | CANCELLED | 499 |
 //! | DEADLINE_EXCEEDED | 504 |
 //! | UNIMPLEMENTED | 501 |
@@ -170,15 +170,16 @@ fn pydantic_words(description: &str) -> (&'static str, String) {
 }
 
 /// Where a service's field, named by its path in the gRPC request, is in the
-/// facade's request: the id is the path's, paging and search are the query's
-/// (`page_size` is the course's `limit`), the rest the body's (`direction` is
-/// the course's `dir`; a post's fields are the body's own).
+/// facade's request: the id is the path's, paging, search and a watch's filter
+/// and cursor are the query's (`page_size` is the course's `limit`), the rest
+/// the body's (`direction` is the course's `dir`; a post's fields are the
+/// body's own).
 fn loc_of(field: &str) -> Vec<Loc> {
     let field = field.strip_prefix("post.").unwrap_or(field);
     let (place, name) = match field {
         "id" => ("path", Some("id")),
         "page_size" => ("query", Some("limit")),
-        "skip" | "search" => ("query", Some(field)),
+        "skip" | "search" | "owner_id" | "cursor" => ("query", Some(field)),
         "direction" => ("body", Some("dir")),
         "" | "post" | "update_mask" => ("body", None),
         field => ("body", Some(field)),
@@ -255,6 +256,19 @@ impl HttpError {
                 if *step == Loc::from(from) {
                     *step = Loc::from(to);
                 }
+            }
+        }
+        self
+    }
+
+    /// The same error, with the field at `from` in its `loc` moved to `to`:
+    /// where the facade read a field from elsewhere than usual (a header for
+    /// what is otherwise a query parameter).
+    pub fn relocating(mut self, from: &[&str], to: &[&str]) -> Self {
+        let from: Vec<Loc> = from.iter().copied().map(Loc::from).collect();
+        if let Detail::Invalid(errors) = &mut self.detail {
+            for error in errors.iter_mut().filter(|error| error.loc == from) {
+                error.loc = to.iter().copied().map(Loc::from).collect();
             }
         }
         self

@@ -39,6 +39,17 @@ impl Bearer {
         request
     }
 
+    /// `message` as a gRPC request carrying the caller's token and no deadline:
+    /// for a stream, which lasts as long as its caller wants it to. Its start
+    /// is bounded by whoever waits for it.
+    pub fn stream_request<T>(&self, message: T) -> tonic::Request<T> {
+        let mut request = tonic::Request::new(message);
+        request
+            .metadata_mut()
+            .insert("authorization", self.authorization.clone());
+        request
+    }
+
     /// [`Bearer::request`] on behalf of `client` (its `x-forwarded-for`), for
     /// calls that count failures per client address.
     pub fn request_for<T>(&self, client: &super::ClientAddress, message: T) -> tonic::Request<T> {

@@ -11,6 +11,7 @@ mod access;
 pub(crate) mod cors;
 mod errors;
 mod extract;
+mod feed;
 mod health;
 mod login;
 mod openapi;
@@ -32,6 +33,7 @@ use axum::{
     http::request::Parts,
     routing::{MethodRouter, get, post},
 };
+use tokio::sync::watch;
 use tonic_health::server::HealthReporter;
 
 use crate::{
@@ -58,6 +60,9 @@ pub(crate) struct Facade {
     owner_emails: Arc<Mutex<HashMap<String, String>>>,
     /// Who calls: the client address of logins and registrations.
     clients: Clients,
+    /// Becomes true when the gateway shuts down, so that open streams end with
+    /// an event saying where to resume instead of being cut.
+    stopping: watch::Receiver<bool>,
 }
 
 /// The client address of a request (see [`crate::clients`]), when known: the
@@ -99,8 +104,9 @@ const MAX_REMEMBERED_EMAILS: usize = 10_000;
 /// balancers. With `show_emails`, users and post owners carry their email, as in
 /// the course API; without, an email is shown only to its owner, as the gRPC API
 /// does. Browsers may call it from `cors_allowed_origins`; `/readyz` answers what
-/// `health` (the gRPC port's `grpc.health.v1`) says. Serve it with connect info
-/// (`SocketAddr`), so it knows its clients' addresses.
+/// `health` (the gRPC port's `grpc.health.v1`) says. Streams (`/posts/stream`)
+/// end, saying where to resume, once `stopping` says true. Serve it with
+/// connect info (`SocketAddr`), so it knows its clients' addresses.
 pub fn router(
     upstreams: Upstreams,
     verifier: Arc<TokenVerifier>,
@@ -108,12 +114,15 @@ pub fn router(
     clients: Clients,
     cors_allowed_origins: &[String],
     health: HealthReporter,
+    stopping: watch::Receiver<bool>,
 ) -> Router {
     let routes = [
         ("/users", post(users::create)),
         ("/users/{id}", get(users::get)),
         ("/login", post(login::login)),
         ("/posts", get(posts::list).post(posts::create)),
+        // Never taken for an `{id}` below: a literal segment wins.
+        ("/posts/stream", get(feed::watch)),
         (
             "/posts/{id}",
             get(posts::get)
@@ -145,6 +154,7 @@ pub fn router(
             show_emails,
             owner_emails: Arc::default(),
             clients,
+            stopping,
         })
         // Health answers whatever the state of the services.
         .merge(health::router(health))

@@ -15,7 +15,7 @@ use utoipa::{
 
 use super::{
     errors::{self, ErrorBody, ValidationErrorBody},
-    health, login, posts, sessions, users, votes,
+    feed, health, login, posts, sessions, users, votes,
 };
 
 #[derive(OpenApi)]
@@ -38,6 +38,7 @@ use super::{
         posts::replace,
         posts::patch,
         posts::delete,
+        feed::watch,
         votes::vote,
         sessions::refresh,
         sessions::logout,
@@ -48,7 +49,15 @@ use super::{
         health::livez,
         health::readyz,
     ),
-    components(schemas(ErrorBody, ValidationErrorBody)),
+    // The data of `/posts/stream`'s events, which no response body names.
+    components(schemas(
+        ErrorBody,
+        ValidationErrorBody,
+        feed::CheckpointOut,
+        feed::PostRemovedOut,
+        feed::LikeCountOut,
+        feed::StreamErrorOut,
+    )),
     modifiers(&BearerScheme),
     tags(
         (name = "Users", description = "Registration and look-up"),
@@ -150,6 +159,7 @@ mod tests {
                 "/logout",
                 "/logout/all",
                 "/posts/",
+                "/posts/stream",
                 "/posts/{id}",
                 "/readyz",
                 "/refresh",
@@ -181,8 +191,9 @@ mod tests {
                 seen += 1;
             }
         }
-        // The course's ten, /refresh, /users/me/password and DELETE /users/me.
-        assert_eq!(seen, 13, "every operation that reads input");
+        // The course's ten, /refresh, /users/me/password, DELETE /users/me and
+        // /posts/stream.
+        assert_eq!(seen, 14, "every operation that reads input");
         let entry = &document["components"]["schemas"]["ValidationError"];
         let mut required: Vec<&str> = entry["required"]
             .as_array()
@@ -192,6 +203,47 @@ mod tests {
             .collect();
         required.sort_unstable();
         assert_eq!(required, ["loc", "msg", "type"], "{entry}");
+    }
+
+    #[test]
+    fn the_stream_is_documented_as_server_sent_events_resumed_by_last_event_id() {
+        let document: serde_json::Value = serde_json::from_str(&DOCUMENT).unwrap();
+        let watch = &document["paths"]["/posts/stream"]["get"];
+        let ok = &watch["responses"]["200"]["content"]["text/event-stream"];
+        assert!(ok.is_object(), "{watch}");
+        let parameters = watch["parameters"].as_array().unwrap();
+        let named = |name: &str, place: &str| {
+            parameters
+                .iter()
+                .any(|p| p["name"] == name && p["in"] == place)
+        };
+        assert!(named("Last-Event-ID", "header"), "{parameters:?}");
+        for query in ["search", "owner_id", "cursor"] {
+            assert!(named(query, "query"), "{query}: {parameters:?}");
+        }
+        let description = watch["description"].as_str().unwrap();
+        for event in [
+            "checkpoint",
+            "created",
+            "updated",
+            "deleted",
+            "like_count_changed",
+            "error",
+        ] {
+            assert!(description.contains(&format!("`{event}`")), "{event}");
+        }
+        assert!(watch["responses"]["410"].is_object(), "{watch}");
+        let schemas = &document["components"]["schemas"];
+        for data in [
+            "CheckpointOut",
+            "PostRemovedOut",
+            "LikeCountOut",
+            "StreamErrorOut",
+        ] {
+            assert!(schemas[data].is_object(), "{data} is described");
+            assert!(description.contains(data), "{data} is named");
+        }
+        assert_eq!(watch["security"], serde_json::json!([{"bearer": []}]));
     }
 
     #[test]

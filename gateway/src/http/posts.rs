@@ -55,7 +55,7 @@ impl PostOut {
         Ok(Self::with_votes(post, emails)?.post)
     }
 
-    fn with_votes(
+    pub(super) fn with_votes(
         post: posts::Post,
         emails: &HashMap<String, String>,
     ) -> Result<PostWithVotes, HttpError> {
