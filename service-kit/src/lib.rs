@@ -14,6 +14,7 @@ pub mod fields;
 pub mod health;
 pub mod hop;
 pub mod metrics;
+pub mod outbox;
 pub mod pem_files;
 pub mod quota;
 pub mod request_ids;

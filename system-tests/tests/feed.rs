@@ -68,6 +68,24 @@ async fn next_change(stream: &mut Streaming<WatchPostsResponse>) -> WatchPostsRe
     }
 }
 
+/// A watch by `who` from now, past its first checkpoint.
+async fn watching(system: &System, who: &Person) -> Streaming<WatchPostsResponse> {
+    let mut stream = watch(system, who, WatchPostsRequest::default())
+        .await
+        .expect("the watch starts");
+    started(&mut stream).await;
+    stream
+}
+
+/// The status that ends `stream`, whatever comes before it.
+async fn ending(stream: &mut Streaming<WatchPostsResponse>) -> Status {
+    loop {
+        if let Err(status) = next(stream).await {
+            return status;
+        }
+    }
+}
+
 /// Reads the first checkpoint and answers its cursor.
 async fn started(stream: &mut Streaming<WatchPostsResponse>) -> String {
     let first = next_ok(stream).await;
@@ -105,10 +123,7 @@ async fn a_new_post_and_a_like_reach_a_watcher(pool: PgPool) {
     let system = spawn_system(pool).await;
     let alice = system.sign_up("alice@example.com").await;
     let bob = system.sign_up("bob@example.com").await;
-    let mut stream = watch(&system, &bob, WatchPostsRequest::default())
-        .await
-        .unwrap();
-    started(&mut stream).await;
+    let mut stream = watching(&system, &bob).await;
 
     let id = post(&system, &alice, "Hello", None).await;
     let created = next_change(&mut stream).await;
@@ -161,14 +176,8 @@ async fn drafts_reach_their_owner_alone(pool: PgPool) {
     let system = spawn_system(pool).await;
     let alice = system.sign_up("alice@example.com").await;
     let bob = system.sign_up("bob@example.com").await;
-    let mut bobs = watch(&system, &bob, WatchPostsRequest::default())
-        .await
-        .unwrap();
-    let mut alices = watch(&system, &alice, WatchPostsRequest::default())
-        .await
-        .unwrap();
-    started(&mut bobs).await;
-    started(&mut alices).await;
+    let mut bobs = watching(&system, &bob).await;
+    let mut alices = watching(&system, &alice).await;
 
     let draft = post(&system, &alice, "Secret draft", Some(false)).await;
     system
@@ -216,10 +225,7 @@ async fn a_resumed_watch_misses_nothing_and_repeats_nothing(pool: PgPool) {
     let system = spawn_system(pool).await;
     let alice = system.sign_up("alice@example.com").await;
     let bob = system.sign_up("bob@example.com").await;
-    let mut stream = watch(&system, &bob, WatchPostsRequest::default())
-        .await
-        .unwrap();
-    started(&mut stream).await;
+    let mut stream = watching(&system, &bob).await;
     for n in 0..3 {
         post(&system, &alice, &format!("before {n}"), None).await;
     }
@@ -257,10 +263,7 @@ async fn a_transaction_that_commits_late_is_not_skipped(pool: PgPool) {
     let system = spawn_system(pool.clone()).await;
     let alice = system.sign_up("alice@example.com").await;
     let bob = system.sign_up("bob@example.com").await;
-    let mut stream = watch(&system, &bob, WatchPostsRequest::default())
-        .await
-        .unwrap();
-    started(&mut stream).await;
+    let mut stream = watching(&system, &bob).await;
 
     // An early transaction takes its id and writes, then waits to commit while
     // a later one commits first.
@@ -374,21 +377,14 @@ async fn streams_end_with_where_to_resume(pool: PgPool) {
     let carol = system.sign_up("carol@example.com").await;
 
     // Carol's session ends: her stream ends within a token check.
-    let mut carols = watch(&system, &carol, WatchPostsRequest::default())
-        .await
-        .unwrap();
-    started(&mut carols).await;
+    let mut carols = watching(&system, &carol).await;
     system
         .auth_client
         .clone()
         .logout(as_person(&carol, LogoutRequest {}))
         .await
         .unwrap();
-    let status = loop {
-        if let Err(status) = next(&mut carols).await {
-            break status;
-        }
-    };
+    let status = ending(&mut carols).await;
     assert_reason(
         &status,
         ErrorReason::TokenRevoked,
@@ -398,10 +394,7 @@ async fn streams_end_with_where_to_resume(pool: PgPool) {
 
     // A deleted account's posts leave the view with it.
     let id = post(&system, &alice, "Soon gone", None).await;
-    let mut bobs = watch(&system, &bob, WatchPostsRequest::default())
-        .await
-        .unwrap();
-    started(&mut bobs).await;
+    let mut bobs = watching(&system, &bob).await;
     system
         .user_client
         .clone()
@@ -421,11 +414,7 @@ async fn streams_end_with_where_to_resume(pool: PgPool) {
     // Shutdown ends the stream with UNAVAILABLE and a cursor.
     let System { posts, .. } = system;
     let stopping = tokio::spawn(posts.stop());
-    let status = loop {
-        if let Err(status) = next(&mut bobs).await {
-            break status;
-        }
-    };
+    let status = ending(&mut bobs).await;
     assert_reason(
         &status,
         ErrorReason::StreamInterrupted,
@@ -473,10 +462,7 @@ async fn bad_and_expired_cursors_are_refused(pool: PgPool) {
     .unwrap();
     assert_bad_request(&status, &["owner_id"], "a bad owner_id");
 
-    let mut stream = watch(&system, &alice, WatchPostsRequest::default())
-        .await
-        .unwrap();
-    started(&mut stream).await;
+    let mut stream = watching(&system, &alice).await;
     post(&system, &alice, "old news", None).await;
     let old = next_change(&mut stream).await.cursor;
     drop(stream);
@@ -521,11 +507,7 @@ async fn a_stream_ends_when_its_token_expires(pool: PgPool) {
         .await
         .unwrap();
     let start = started(&mut stream).await;
-    let status = loop {
-        if let Err(status) = next(&mut stream).await {
-            break status;
-        }
-    };
+    let status = ending(&mut stream).await;
     assert_reason(
         &status,
         ErrorReason::TokenExpired,

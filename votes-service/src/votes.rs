@@ -4,7 +4,7 @@
 //! a read followed by a write, so simultaneous votes cannot both succeed.
 
 use agora_proto::errors::ErrorReason;
-use service_kit::{ApiError, ConstraintExt};
+use service_kit::{ApiError, ConstraintExt, outbox::Outbox};
 use sqlx::PgConnection;
 use uuid::Uuid;
 
@@ -127,29 +127,16 @@ pub async fn count(
 }
 
 /// Deletes the like-count changes (`votes.like_count_events`) older than
-/// `retention`, of transactions that have ended, and records the newest
-/// transaction deleted, which `votes.like_count_changes_purged_through()`
-/// publishes so that readers can tell a cursor from before it. Answers how many
-/// it deleted.
+/// `retention`; `votes.like_count_changes_purged_through()` publishes the newest
+/// transaction deleted, so that readers can tell a cursor from before it (see
+/// [`Outbox::purge`]).
 pub async fn purge_like_count_changes(
     conn: &mut PgConnection,
     retention: std::time::Duration,
 ) -> Result<u64, ApiError> {
-    let purged: i64 = sqlx::query_scalar(
-        "with purged as (
-             delete from votes.like_count_events
-             where event_time < now() - make_interval(secs => $1)
-               and xid < pg_snapshot_xmin(pg_current_snapshot())
-             returning xid
-         ), recorded as (
-             update votes.like_count_events_purged
-             set through_xid = greatest(through_xid, (select max(xid) from purged))
-             where exists (select from purged)
-         )
-         select count(*) from purged",
-    )
-    .bind(retention.as_secs_f64())
-    .fetch_one(conn)
-    .await?;
-    Ok(purged as u64)
+    const OUTBOX: Outbox = Outbox {
+        events: "votes.like_count_events",
+        purged: "votes.like_count_events_purged",
+    };
+    OUTBOX.purge(conn, retention).await
 }

@@ -2,7 +2,7 @@
 //! (`posts.post_events`) and from what votes-service publishes of its own
 //! (`votes.like_count_changes`), between two snapshots.
 
-use service_kit::ApiError;
+use service_kit::{ApiError, outbox::Outbox};
 use sqlx::{PgConnection, Row, postgres::PgRow};
 use time::OffsetDateTime;
 use uuid::Uuid;
@@ -194,28 +194,8 @@ pub async fn still_kept(conn: &mut PgConnection, cursor: &Cursor) -> Result<bool
     Ok(kept)
 }
 
-/// Deletes the changes older than `retention` (of transactions that have
-/// ended), and records the newest transaction deleted, so that cursors from
-/// before it are told they are too old. Answers how many it deleted.
-pub async fn purge(
-    conn: &mut PgConnection,
-    retention: std::time::Duration,
-) -> Result<u64, ApiError> {
-    let purged: i64 = sqlx::query_scalar(
-        "with purged as (
-             delete from posts.post_events
-             where event_time < now() - make_interval(secs => $1)
-               and xid < pg_snapshot_xmin(pg_current_snapshot())
-             returning xid
-         ), recorded as (
-             update posts.post_events_purged
-             set through_xid = greatest(through_xid, (select max(xid) from purged))
-             where exists (select from purged)
-         )
-         select count(*) from purged",
-    )
-    .bind(retention.as_secs_f64())
-    .fetch_one(conn)
-    .await?;
-    Ok(purged as u64)
-}
+/// posts-service's outbox.
+pub const OUTBOX: Outbox = Outbox {
+    events: "posts.post_events",
+    purged: "posts.post_events_purged",
+};

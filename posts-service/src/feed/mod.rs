@@ -106,5 +106,8 @@ impl Feed {
     }
 }
 
-/// Deletes the outbox's changes older than `retention`; see [`events::purge`].
-pub use events::purge;
+/// Deletes the outbox's changes older than `retention` (see
+/// [`Outbox::purge`](service_kit::outbox::Outbox::purge)).
+pub async fn purge(conn: &mut sqlx::PgConnection, retention: Duration) -> Result<u64, ApiError> {
+    events::OUTBOX.purge(conn, retention).await
+}
