@@ -38,7 +38,10 @@ struct Shared {
     /// subscriber's first batch starts exactly there.
     position: Mutex<Snapshot>,
     batches: broadcast::Sender<Arc<Batch>>,
-    /// Asks for a read now (a resumed watcher ahead of this replica).
+    /// Asks for a read: an announcement came, the announcements' connection
+    /// was lost (some may have been missed), or a resumed watcher is ahead of
+    /// this replica. Asks made during a read make one more read, whatever
+    /// their number.
     read_now: Notify,
     /// True once the process stops serving.
     stopping: watch::Receiver<bool>,
@@ -72,7 +75,8 @@ impl Hub {
                 stopping,
             }),
         };
-        tokio::spawn(hub.clone().listen(pool, listener));
+        tokio::spawn(hub.clone().listen(listener));
+        tokio::spawn(hub.clone().read_when_asked(pool));
         Ok(hub)
     }
 
@@ -92,24 +96,34 @@ impl Hub {
         self.shared.stopping.clone()
     }
 
-    /// Reads after every announcement (several at once make one read), after
-    /// a lost connection (announcements may have been missed meanwhile) and
-    /// when asked, until the process stops.
-    async fn listen(self, pool: PgPool, mut listener: PgListener) {
+    /// Asks for a read at every announcement, and after a lost connection,
+    /// until the process stops. Reading is another task's, so that
+    /// announcements coming faster than reads fold into the next read.
+    async fn listen(self, mut listener: PgListener) {
         let mut stopping = self.shared.stopping.clone();
         loop {
-            let woken = tokio::select! {
-                notification = listener.try_recv() => notification.map(|_| ()),
-                () = self.shared.read_now.notified() => Ok(()),
+            let received = tokio::select! {
+                received = listener.try_recv() => received,
                 () = stopped(&mut stopping) => return,
             };
-            if let Err(error) = woken {
-                // The next receive connects again; what committed meanwhile is
-                // read now, once the database answers.
+            if let Err(error) = received {
+                // The next receive connects again.
                 tracing::warn!(%error, "lost the database's announcements of new posts and likes; listening again");
                 tokio::time::sleep(RETRY).await;
             }
-            while listener.next_buffered().is_some() {}
+            self.read_now();
+        }
+    }
+
+    /// Reads once for any number of asks, until the process stops; retries
+    /// every second while the database does not answer.
+    async fn read_when_asked(self, pool: PgPool) {
+        let mut stopping = self.shared.stopping.clone();
+        loop {
+            tokio::select! {
+                () = self.shared.read_now.notified() => {}
+                () = stopped(&mut stopping) => return,
+            }
             let mut failures = 0;
             while let Err(error) = self.read(&pool).await {
                 if failures == 0 {
