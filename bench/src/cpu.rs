@@ -94,3 +94,11 @@ fn ticks_per_second() -> Option<f64> {
 fn ticks_per_second() -> Option<f64> {
     None
 }
+
+/// This process's CPU time so far (the benchmark's own clients); none where
+/// `/proc` is not.
+pub fn of_this_process() -> Option<Duration> {
+    let tick = ticks_per_second()?;
+    let ticks = ticks(std::process::id())?;
+    Some(Duration::from_secs_f64(ticks as f64 / tick))
+}

@@ -10,8 +10,10 @@
 
 mod ceilings;
 mod cpu;
+mod feed;
 mod load;
 mod memory;
+mod notify_cost;
 mod pgbouncer;
 mod processes;
 mod report;
@@ -109,6 +111,36 @@ struct Args {
     #[arg(long, default_value_t = 3, requires = "pgbouncer",
           value_parser = clap::value_parser!(u64).range(1..))]
     pgbouncer_rounds: u64,
+    /// Measure instead the live feed: `--watchers` WatchPosts streams through
+    /// the gateway while a few writers create posts and like and unlike for
+    /// `--seconds`; each change's delay from its commit to its arrival, and
+    /// whether every watcher received every write's change exactly once.
+    #[arg(long, conflicts_with_all = ["posts", "storm_only", "tracing_cost", "pgbouncer"])]
+    feed: bool,
+    /// With `--feed`: WatchPosts streams.
+    #[arg(long, default_value_t = 1000, requires = "feed",
+          value_parser = clap::value_parser!(u64).range(1..=100_000))]
+    watchers: u64,
+    /// With `--feed`: HTTP/2 connections the watchers share (default: one per
+    /// 125 watchers; a server takes at most 256 streams on one).
+    #[arg(long, requires = "feed", value_parser = clap::value_parser!(u64).range(1..))]
+    watcher_connections: Option<u64>,
+    /// With `--feed`: writes per second, all writers together (CreatePost, a
+    /// like and its removal, in turns; each a write).
+    #[arg(long, default_value_t = 100, requires = "feed",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    write_rate: u32,
+    /// Measure instead what announcing changes to the feed costs the writes:
+    /// CreatePost and Vote with the outboxes' announcing triggers enabled and
+    /// disabled (and the outbox triggers too, for context), in turns, one
+    /// watcher streaming throughout.
+    #[arg(long, conflicts_with_all = ["posts", "storm_only", "tracing_cost", "pgbouncer", "feed"])]
+    notify_cost: bool,
+    /// With `--notify-cost`: turns of each setting per call, each `--seconds`
+    /// long.
+    #[arg(long, default_value_t = 5, requires = "notify_cost",
+          value_parser = clap::value_parser!(u64).range(1..))]
+    notify_rounds: u64,
 }
 
 fn main() -> ExitCode {
@@ -160,6 +192,10 @@ async fn run(args: &Args) -> Result<u64, Box<dyn Error>> {
         tracing_cost(args, pool.clone(), &scratch.url).await
     } else if let Some(pgbouncer) = &args.pgbouncer {
         through_pgbouncer(args, pgbouncer, &scratch.url).await
+    } else if args.feed {
+        live_feed(args, &scratch.url).await
+    } else if args.notify_cost {
+        notify_cost(args, pool.clone(), &scratch.url).await
     } else {
         measure(args, pool.clone(), &scratch.url).await
     };
@@ -263,6 +299,57 @@ async fn through_pgbouncer(args: &Args, pgbouncer: &str, url: &str) -> Result<u6
         serde_json::to_writer_pretty(file, &figures)?;
     }
     Ok(figures.iter().map(|figure| figure.summary.failed).sum())
+}
+
+async fn live_feed(args: &Args, url: &str) -> Result<u64, Box<dyn Error>> {
+    seed::seed(url).await?;
+    let servers = Servers::start(args.split, url, args.verbose).await?;
+    let settings = feed::Settings {
+        watchers: args.watchers as usize,
+        connections: args.watcher_connections.map(|n| n as usize),
+        write_rate: args.write_rate,
+        window: Duration::from_secs(args.seconds),
+        split: args.split,
+    };
+    let feed = feed::run(&servers, settings).await?;
+    drop(servers);
+    print!("{feed}");
+    write_json(args, &feed)?;
+    if !feed.complete() {
+        return Err("the feed lost, repeated or mixed up changes (see above)".into());
+    }
+    Ok(feed.writes_failed)
+}
+
+async fn notify_cost(args: &Args, pool: sqlx::PgPool, url: &str) -> Result<u64, Box<dyn Error>> {
+    seed::seed(url).await?;
+    let servers = Servers::start(args.split, url, args.verbose).await?;
+    let concurrency = args.concurrency as usize;
+    let client = Client::log_in(pool.clone(), &servers, concurrency).await?;
+    let cost = notify_cost::run(
+        &pool,
+        &servers,
+        &client,
+        concurrency,
+        Duration::from_secs(args.seconds),
+        args.notify_rounds as usize,
+        args.split,
+    )
+    .await?;
+    drop(servers);
+    print!("{}", cost.report());
+    write_json(args, &cost)?;
+    Ok(cost.failed())
+}
+
+/// With `--json PATH`, `results` as JSON there.
+fn write_json(args: &Args, results: &impl serde::Serialize) -> Result<(), Box<dyn Error>> {
+    if let Some(path) = &args.json {
+        let file = std::fs::File::create(path)
+            .map_err(|error| format!("cannot write {}: {error}", path.display()))?;
+        serde_json::to_writer_pretty(file, results)?;
+    }
+    Ok(())
 }
 
 /// A few calls of each kind by each path, so that caches, pools and connections
