@@ -1,8 +1,9 @@
 -- votes-service's outbox: every change of a post's like count, written by a
 -- trigger on votes.like_counts in the transaction that makes it (likes taken
 -- back by a cascade from a deleted account included), and announced on the
--- channel `votes_like_count_events` when it commits. votes-service deletes
--- what is older than its retention.
+-- channel `votes_like_count_events` as posts.post_events is on its own (see
+-- 0014: votes-service announces its own votes once committed, the trigger any
+-- other writer's). votes-service deletes what is older than its retention.
 create table votes.like_count_events (
     seq        bigint      generated always as identity primary key,
     -- The writing transaction; see posts.post_events.
@@ -37,11 +38,25 @@ create trigger votes_record_like_count_events
     after insert or update on votes.like_counts
     for each row execute function votes.record_like_count_event();
 
-create function votes.announce_like_count_events() returns trigger
+create function votes.announce() returns void
     language plpgsql
     as $$
 begin
     perform pg_notify('votes_like_count_events', '');
+end
+$$;
+
+create function votes.announce_after_commit() returns boolean
+    language sql volatile
+    as $$ select set_config('agora.announce', 'after-commit', true) is not null $$;
+
+create function votes.announce_like_count_events() returns trigger
+    language plpgsql
+    as $$
+begin
+    if current_setting('agora.announce', true) is distinct from 'after-commit' then
+        perform votes.announce();
+    end if;
     return null;
 end
 $$;
@@ -62,6 +77,7 @@ create function votes.like_count_changes(after pg_snapshot, upto pg_snapshot)
         select seq, xid, event_time, post_id, like_count
         from votes.like_count_events
         where xid >= pg_snapshot_xmin(after)
+          and xid < pg_snapshot_xmax(upto)
           and not pg_visible_in_snapshot(xid, after)
           and pg_visible_in_snapshot(xid, upto)
     $$;

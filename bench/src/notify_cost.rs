@@ -1,17 +1,18 @@
 //! What announcing changes costs the writes (`--notify-cost`). Every write to
 //! a post or a like count adds a row to an outbox (`posts.post_events`,
-//! `votes.like_count_events`) in its transaction, and a statement-level
-//! trigger on each outbox announces it with `pg_notify`, which WatchPosts'
-//! listener wakes on. CreatePost and Vote (a like and its removal) are measured
-//! through one gateway, on one database, in turns with the announcing triggers
-//! enabled (as shipped) and disabled (the outbox rows still written), and, for
-//! context, with the outbox triggers disabled too (no feed at all). One watcher
+//! `votes.like_count_events`) in its transaction, and the service announces it
+//! with `pg_notify` once committed (`posts.announce()`, `votes.announce()`; the
+//! outboxes' triggers do for other writers), which WatchPosts' listener wakes
+//! on. CreatePost and Vote (a like and its removal) are measured through one
+//! gateway, on one database, in turns with the announcement on (as shipped)
+//! and made a no-op (the outbox rows still written), and, for context, with the
+//! outbox triggers disabled too (no feed at all). One watcher
 //! streams throughout, so the listener is LISTENing and, when announced, reads
 //! and sends every change, as it would in production.
 //!
 //! The settings take turns within each call, each round starting with the
 //! next, so that a machine whose speed drifts drifts for all of them. The
-//! triggers are enabled again at the end, whatever happens.
+//! feed is put back as shipped at the end, whatever happens.
 
 use std::{
     error::Error,
@@ -44,7 +45,7 @@ const QUIET: Duration = Duration::from_millis(200);
 const IDLE_CPU: f64 = 0.1;
 const SETTLE_AT_MOST: Duration = Duration::from_secs(10);
 
-/// Which of the feed's triggers are enabled.
+/// Which parts of the feed are on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub enum Setting {
     /// As shipped: outbox rows written and announced.
@@ -66,31 +67,41 @@ impl Setting {
         }
     }
 
-    /// The statements that set this setting's triggers.
+    /// The statements that make this setting: the outbox triggers on or off,
+    /// and the announcement (`posts.announce()` and `votes.announce()`, which
+    /// both the services after their commits and the triggers call) made to
+    /// notify or to do nothing.
     fn statements(self) -> String {
-        // (table, trigger, whether it announces)
-        const TRIGGERS: [(&str, &str, bool); 4] = [
-            ("posts.posts", "posts_record_events", false),
-            ("votes.like_counts", "votes_record_like_count_events", false),
-            ("posts.post_events", "posts_announce_events", true),
-            (
-                "votes.like_count_events",
-                "votes_announce_like_count_events",
-                true,
-            ),
+        const RECORDING: [(&str, &str); 2] = [
+            ("posts.posts", "posts_record_events"),
+            ("votes.like_counts", "votes_record_like_count_events"),
         ];
-        TRIGGERS
-            .iter()
-            .map(|(table, trigger, announces)| {
-                let enabled = match self {
-                    Setting::Announced => true,
-                    Setting::Unannounced => !announces,
-                    Setting::NoFeed => false,
-                };
-                let verb = if enabled { "enable" } else { "disable" };
-                format!("alter table {table} {verb} trigger {trigger};\n")
-            })
-            .collect()
+        const ANNOUNCING: [(&str, &str); 2] = [
+            ("posts.announce", "posts_post_events"),
+            ("votes.announce", "votes_like_count_events"),
+        ];
+        let (recorded, announced) = match self {
+            Setting::Announced => (true, true),
+            Setting::Unannounced => (true, false),
+            Setting::NoFeed => (false, false),
+        };
+        let mut statements = String::new();
+        for (table, trigger) in RECORDING {
+            let verb = if recorded { "enable" } else { "disable" };
+            statements += &format!("alter table {table} {verb} trigger {trigger};\n");
+        }
+        for (function, channel) in ANNOUNCING {
+            let body = if announced {
+                format!("perform pg_notify('{channel}', '');")
+            } else {
+                String::new()
+            };
+            statements += &format!(
+                "create or replace function {function}() returns void language plpgsql \
+                 as $$ begin {body} end $$;\n"
+            );
+        }
+        statements
     }
 
     async fn apply(self, pool: &PgPool) -> Result<(), sqlx::Error> {

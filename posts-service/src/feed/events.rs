@@ -109,7 +109,12 @@ pub async fn between(
                    null, null, l.like_count
             from bounds b
             cross join lateral votes.like_count_changes(b.after, b.upto) l
-            join posts.posts p on p.id = l.post_id
+            -- Each post by its key: a few changes per read, whatever the
+            -- number of posts (the limit keeps the planner from a hash join
+            -- over all of them).
+            cross join lateral (
+                select owner_id, title, published from posts.posts where id = l.post_id limit 1
+            ) p
         )
         select * from changes
         where $3::timestamptz is null
