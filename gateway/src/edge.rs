@@ -271,7 +271,10 @@ impl Service<http::Request<axum::body::Body>> for Forward {
             }
             let request = request.map(tonic::body::Body::new);
             let outcome = forward.channel.clone().oneshot(request).await;
-            Ok(outcome.unwrap_or_else(|error| forward.unanswered(&*error)))
+            Ok(match outcome {
+                Ok(response) => forward.cut_off_as_unavailable(response),
+                Err(error) => forward.unanswered(&*error),
+            })
         })
     }
 }
@@ -318,7 +321,10 @@ impl Forward {
             }
             outcome => outcome,
         };
-        outcome.unwrap_or_else(|error| self.unanswered(&*error))
+        match outcome {
+            Ok(response) => self.cut_off_as_unavailable(response),
+            Err(error) => self.unanswered(&*error),
+        }
     }
 
     /// The answer to a call the upstream never answered.
@@ -326,22 +332,89 @@ impl Forward {
         &self,
         error: &(dyn std::error::Error + 'static),
     ) -> http::Response<tonic::body::Body> {
+        tracing::warn!(upstream = self.upstream, %error, "upstream call failed");
+        self.failure(is_timeout(error)).into_http()
+    }
+
+    fn failure(&self, timed_out: bool) -> Status {
         let upstream = self.upstream;
-        tracing::warn!(upstream, %error, "upstream call failed");
-        let (reason, message) = if is_timeout(error) {
+        let (reason, message) = if timed_out {
             (ErrorReason::DependencyTimeout, "did not answer in time")
         } else {
             (ErrorReason::DependencyUnavailable, "unavailable, try again")
         };
         let metadata = [("dependency", upstream)];
         let retry = service_kit::error::RETRY_UNAVAILABLE_AFTER;
-        reason
-            .status(
-                format!("{upstream} {message}"),
-                &metadata,
-                tonic_types::ErrorDetails::with_retry_info(Some(retry)),
-            )
-            .into_http()
+        reason.status(
+            format!("{upstream} {message}"),
+            &metadata,
+            tonic_types::ErrorDetails::with_retry_info(Some(retry)),
+        )
+    }
+
+    /// `response` as it comes, except that a body the upstream breaks off (a
+    /// replica that died after its headers: between a unary answer's frames,
+    /// or in a stream) ends with UNAVAILABLE `DEPENDENCY_UNAVAILABLE` in the
+    /// trailers, as a call it never answered does, rather than with a reset
+    /// stream the client sees as INTERNAL.
+    fn cut_off_as_unavailable(
+        &self,
+        response: http::Response<tonic::body::Body>,
+    ) -> http::Response<tonic::body::Body> {
+        // A trailers-only answer's headers are the status; as trailers, only
+        // those.
+        let headers = self.failure(false).into_http::<()>().into_parts().0.headers;
+        let trailers: http::HeaderMap = headers
+            .iter()
+            .filter(|(name, _)| name.as_str().starts_with("grpc-"))
+            .map(|(name, value)| (name.clone(), value.clone()))
+            .collect();
+        let upstream = self.upstream;
+        response.map(|body| {
+            tonic::body::Body::new(CutOffAsUnavailable {
+                body,
+                trailers: Some(trailers),
+                upstream,
+            })
+        })
+    }
+}
+
+/// See [`Forward::cut_off_as_unavailable`].
+struct CutOffAsUnavailable {
+    body: tonic::body::Body,
+    /// Sent in place of the upstream's error; `None` once sent.
+    trailers: Option<http::HeaderMap>,
+    upstream: &'static str,
+}
+
+impl http_body::Body for CutOffAsUnavailable {
+    type Data = bytes::Bytes;
+    type Error = Status;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Status>>> {
+        if self.trailers.is_none() {
+            return Poll::Ready(None);
+        }
+        match Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(Some(Err(error))) => {
+                tracing::warn!(upstream = self.upstream, %error, "upstream broke off its answer");
+                let trailers = self.trailers.take().expect("checked above");
+                Poll::Ready(Some(Ok(http_body::Frame::trailers(trailers))))
+            }
+            other => other,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.trailers.is_none() || self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.body.size_hint()
     }
 }
 

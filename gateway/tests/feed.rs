@@ -722,13 +722,19 @@ async fn a_quiet_stream_is_kept_alive_and_ends_with_where_to_resume_when_the_gat
         started.elapsed()
     );
     assert_eq!(last.name(), "error", "{last:?}");
+    // The gateway's facade and its embedded posts-service both end the stream
+    // as the stop starts; either may say so first.
+    let data = last.json();
     assert_eq!(
-        last.json(),
-        json!({
-            "detail": "the gateway is shutting down: reconnect to resume",
-            "reason": "STREAM_INTERRUPTED",
-            "cursor": cursor,
-        })
+        (&data["reason"], &data["cursor"]),
+        (&json!("STREAM_INTERRUPTED"), &json!(cursor)),
+        "{data}"
+    );
+    assert!(
+        data["detail"]
+            .as_str()
+            .is_some_and(|detail| detail.contains("shutting down")),
+        "{data}"
     );
     assert_eq!(last.id.as_deref(), Some(cursor.as_str()), "{last:?}");
     assert!(events.next_block().await.is_none(), "the last event");
