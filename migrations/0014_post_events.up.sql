@@ -16,7 +16,8 @@ create table posts.post_events (
     event_time    timestamptz not null default clock_timestamp(),
     kind          text        not null check (kind in ('created', 'updated', 'deleted')),
     post_id       uuid        not null,
-    owner_id      uuid        not null,
+    -- Null only in the deletion of a post deleted with its owner's account.
+    owner_id      uuid,
     -- The post after the change; null for a deletion.
     title         text,
     content       text,
@@ -60,8 +61,20 @@ begin
                     new.revision, new.create_time, new.update_time, old.title, old.published);
         end if;
     else
-        insert into posts.post_events (kind, post_id, owner_id, old_title, old_published)
-        values ('deleted', old.id, old.owner_id, old.title, old.published);
+        -- A deleted post's history goes with it; watchers get its deletion.
+        delete from posts.post_events where post_id = old.id;
+        if current_setting('agora.announce', true) is distinct from 'after-commit' then
+            -- Not posts-service's DeletePost (which calls
+            -- posts.announce_after_commit()): the cascade from the owner's
+            -- account being deleted, or a deletion by hand. Nothing that named
+            -- the person is kept, only that a post (published or not) went,
+            -- for FEED_RETENTION_SECS.
+            insert into posts.post_events (kind, post_id, old_published)
+            values ('deleted', old.id, old.published);
+        else
+            insert into posts.post_events (kind, post_id, owner_id, old_title, old_published)
+            values ('deleted', old.id, old.owner_id, old.title, old.published);
+        end if;
     end if;
     return null;
 end

@@ -1,3 +1,5 @@
+drop trigger votes_forget_like_count_events on votes.like_counts;
+drop function votes.forget_like_count_events();
 drop function votes.like_count_changes_purged_through();
 drop function votes.like_count_changes(pg_snapshot, pg_snapshot);
 drop trigger votes_announce_like_count_events on votes.like_count_events;

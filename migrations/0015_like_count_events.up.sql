@@ -38,6 +38,20 @@ create trigger votes_record_like_count_events
     after insert or update on votes.like_counts
     for each row execute function votes.record_like_count_event();
 
+-- A post's count goes with the post, and so does the history of its count.
+create function votes.forget_like_count_events() returns trigger
+    language plpgsql
+    as $$
+begin
+    delete from votes.like_count_events where post_id = old.post_id;
+    return null;
+end
+$$;
+
+create trigger votes_forget_like_count_events
+    after delete on votes.like_counts
+    for each row execute function votes.forget_like_count_events();
+
 create function votes.announce() returns void
     language plpgsql
     as $$

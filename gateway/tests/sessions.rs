@@ -337,8 +337,23 @@ async fn a_deleted_account_leaves_no_row_and_its_tokens_are_refused() {
         async move { votes_call(&channel, &token).await }
     })
     .await;
-    // No row anywhere names the user, their email or their post.
+    // WatchPosts keeps that the post went, for its watchers, and nothing more:
+    // not whose it was, nor its title.
     let mut conn = PgConnection::connect(&database.url).await.unwrap();
+    let deletion: Vec<(Option<String>, Option<String>)> = sqlx::query_as(
+        "delete from posts.post_events where post_id = $1::uuid and kind = 'deleted'
+         returning owner_id::text, old_title",
+    )
+    .bind(&post.id)
+    .fetch_all(&mut conn)
+    .await
+    .unwrap();
+    assert_eq!(
+        deletion,
+        [(None, None)],
+        "the post's deletion, for watchers"
+    );
+    // Besides, no row anywhere names the user, their email or their post.
     let left = rows_naming(&mut conn, &[&id, email, &post.id]).await;
     assert!(left.is_empty(), "rows left of the account: {left:#?}");
     // A login for the email from now on is a failed login for an unknown

@@ -18,7 +18,8 @@ pub struct Event {
     pub key: EventKey,
     pub time: OffsetDateTime,
     pub post_id: Uuid,
-    pub owner_id: Uuid,
+    /// `None` only in the deletion of a post deleted with its owner's account.
+    pub owner_id: Option<Uuid>,
     pub change: Change,
 }
 
@@ -44,7 +45,8 @@ pub enum Change {
 /// What decides whether a post is in a watcher's view.
 #[derive(Debug, Clone)]
 pub struct Shown {
-    pub title: String,
+    /// `None` only in the deletion of a post deleted with its owner's account.
+    pub title: Option<String>,
     pub published: bool,
 }
 
@@ -62,7 +64,7 @@ pub struct PostState {
 impl PostState {
     pub fn shown(&self) -> Shown {
         Shown {
-            title: self.title.clone(),
+            title: Some(self.title.clone()),
             published: self.published,
         }
     }

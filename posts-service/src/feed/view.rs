@@ -28,14 +28,18 @@ impl View {
     }
 
     /// Whether a post that shows `shown` and belongs to `owner_id` is in view:
-    /// published or the viewer's own, and matching the filters.
-    fn shows(&self, owner_id: Uuid, shown: &Shown) -> bool {
-        (shown.published || owner_id == self.viewer)
-            && self.owner_id.is_none_or(|wanted| wanted == owner_id)
-            && self
-                .search
-                .as_deref()
-                .is_none_or(|search| shown.title.to_lowercase().contains(search))
+    /// published or the viewer's own, and matching the filters. A deletion
+    /// that names neither owner nor title (the owner's account went with it)
+    /// reaches whoever could see the post and filters by no owner.
+    fn shows(&self, owner_id: Option<Uuid>, shown: &Shown) -> bool {
+        (shown.published || owner_id == Some(self.viewer))
+            && self.owner_id.is_none_or(|wanted| owner_id == Some(wanted))
+            && self.search.as_deref().is_none_or(|search| {
+                shown
+                    .title
+                    .as_ref()
+                    .is_none_or(|title| title.to_lowercase().contains(search))
+            })
     }
 
     /// The message `event` makes for this watcher, if any.
@@ -79,7 +83,7 @@ impl View {
             published: Some(state.published),
             create_time: Some(timestamp(state.create_time)),
             update_time: Some(timestamp(state.update_time)),
-            owner_id: event.owner_id.to_string(),
+            owner_id: event.owner_id.map(|id| id.to_string()).unwrap_or_default(),
             owner: None,
             like_count,
             liked_by_caller: None,
@@ -115,7 +119,7 @@ mod tests {
             },
             time: OffsetDateTime::UNIX_EPOCH,
             post_id: Uuid::nil(),
-            owner_id,
+            owner_id: Some(owner_id),
             change,
         }
     }
