@@ -441,14 +441,9 @@ async fn delete_owned(
     Ok(deleted.rows_affected() > 0)
 }
 
-/// Tells WatchPosts' listeners, once a change has committed, that posts
-/// changed: its statement called `posts.announce_after_commit()`, so its
-/// trigger did not (migration 0014 says why). A failure is only logged: the
-/// change is made, and the next announcement brings it along.
+/// See [`Outbox::announce`](service_kit::outbox::Outbox::announce).
 async fn announce(conn: &mut PgConnection) {
-    if let Err(error) = sqlx::query("select posts.announce()").execute(conn).await {
-        tracing::warn!(%error, "cannot announce a change to WatchPosts' listeners");
-    }
+    crate::feed::OUTBOX.announce(conn).await;
 }
 
 /// After a change by `caller` matched nothing: POST_NOT_FOUND when the post does

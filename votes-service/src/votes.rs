@@ -108,14 +108,16 @@ async fn remove(conn: &mut PgConnection, post_id: Uuid, user_id: Uuid) -> Result
     }
 }
 
-/// Tells WatchPosts' listeners, once a vote has committed, that like counts
-/// changed: its statement called `votes.announce_after_commit()`, so the
-/// outbox's trigger did not (migrations 0014 and 0015 say why). A failure is
-/// only logged: the vote is cast, and the next announcement brings it along.
+/// votes-service's outbox.
+const OUTBOX: Outbox = Outbox {
+    events: "votes.like_count_events",
+    purged: "votes.like_count_events_purged",
+    announce: "votes.announce",
+};
+
+/// See [`Outbox::announce`].
 async fn announce(conn: &mut PgConnection) {
-    if let Err(error) = sqlx::query("select votes.announce()").execute(conn).await {
-        tracing::warn!(%error, "cannot announce a vote to WatchPosts' listeners");
-    }
+    OUTBOX.announce(conn).await;
 }
 
 /// The like counts of `post_ids` and whether `user_id` likes each, in one query;
@@ -153,9 +155,5 @@ pub async fn purge_like_count_changes(
     conn: &mut PgConnection,
     retention: std::time::Duration,
 ) -> Result<u64, ApiError> {
-    const OUTBOX: Outbox = Outbox {
-        events: "votes.like_count_events",
-        purged: "votes.like_count_events_purged",
-    };
     OUTBOX.purge(conn, retention).await
 }

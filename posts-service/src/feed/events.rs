@@ -205,4 +205,5 @@ pub async fn still_kept(conn: &mut PgConnection, cursor: &Cursor) -> Result<bool
 pub const OUTBOX: Outbox = Outbox {
     events: "posts.post_events",
     purged: "posts.post_events_purged",
+    announce: "posts.announce",
 };

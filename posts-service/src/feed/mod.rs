@@ -26,6 +26,7 @@ use sqlx::PgPool;
 use tokio::sync::watch as signal;
 
 use crate::listing::Filter;
+pub use events::OUTBOX;
 pub use watch::WatchStream;
 
 /// A resumed watcher's missed changes are read this many at a time.
